@@ -19,6 +19,12 @@ The paper reports ~1 minute per policy on one V100 with 100 S_pri images (10 sea
 parallel, 1,500 policies in 2.5 h: 10 policies per minute); the report compares seconds per policy
 with that, also scaled to 100 images. The last line is the ratio of policies per minute,
 batched / looped.
+
+Measured on 2 idle cores (2 threads): width 64 with 10 images, batched 19.6 s and looped 14.8 s per
+policy (0.8×; 189 s per policy scaled to 100 images, about 3× slower than the paper's V100); width 8
+with 30 images, 2.7 s each (1.0×; 9 s scaled to 100 images). An earlier run at load 6–9 measured 3.5×,
+because contention slows the loop's many small passes more. On this CPU the vmapped per-sample
+gradients do not beat the loop; we have no GPU here to measure them there.
 """
 from __future__ import annotations
 
