@@ -19,8 +19,8 @@ numbers come from:
 All K points of all images of a chunk are one ``torch.func.vmap(grad(...))`` call (per-sample
 gradients), reduced at once to per-layer dot products and norms; ``batched=False`` is the
 reference's loop (one image, one point at a time) kept for checking and for the benchmark. On 2
-idle CPU cores the two cost about the same (``benchmarks/policy_search_speed.py``: 0.8× at width
-64, 1.0× at width 8); under load the loop's many small passes suffer more.
+idle CPU cores the vmapped path is no faster than the loop (``benchmarks/policy_search_speed.py``:
+0.8× at width 64, 1.0× at width 8); under load the loop's many small passes suffer more.
 
 S_acc (eqs. 8–10) — on a randomly initialised model in eval mode: for a mini-batch of transformed
 images with distinct labels, ``J = d(Σ logits)/dx`` per image, ``C = corrcoef(J)``, eigenvalues λ,
