@@ -22,7 +22,9 @@ batched / looped.
 
 Measured on 2 idle cores (2 threads): width 64 with 10 images, batched 19.6 s and looped 14.8 s per
 policy (0.8×; 189 s per policy scaled to 100 images, about 3× slower than the paper's V100); width 8
-with 30 images, 2.7 s each (1.0×; 9 s scaled to 100 images). An earlier run at load 6–9 measured 3.5×,
+with 30 images, 2.7 s each (1.0×; 9 s scaled to 100 images). A rerun idle at width 64: batched 19.6 s,
+looped 16.4 s (0.84×); with one thread (OMP_NUM_THREADS=1) 35.8 and 27.5 s (0.77×), so the batched
+path gains more from the second thread (1.83× against 1.68×). An earlier run at load 6–9 measured 3.5×,
 because contention slows the loop's many small passes more. On this CPU the vmapped per-sample
 gradients do not beat the loop; we have no GPU here to measure them there.
 """

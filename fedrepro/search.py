@@ -18,9 +18,11 @@ numbers come from:
 
 All K points of all images of a chunk are one ``torch.func.vmap(grad(...))`` call (per-sample
 gradients), reduced at once to per-layer dot products and norms; ``batched=False`` is the
-reference's loop (one image, one point at a time) kept for checking and for the benchmark. On 2
-idle CPU cores the vmapped path is no faster than the loop (``benchmarks/policy_search_speed.py``:
-0.8× at width 64, 1.0× at width 8); under load the loop's many small passes suffer more.
+reference's loop (one image, one point at a time) kept for checking and for the benchmark. On
+this project's 2 idle CPU cores the vmapped path is no faster than the loop
+(``benchmarks/policy_search_speed.py``: 0.8× at width 64, 1.0× at width 8). It stays the default
+because it gains more from each added thread (width 64: 1.83× from 1 to 2 threads, the loop 1.68×),
+and under load the loop's many small passes suffer more.
 
 S_acc (eqs. 8–10) — on a randomly initialised model in eval mode: for a mini-batch of transformed
 images with distinct labels, ``J = d(Σ logits)/dx`` per image, ``C = corrcoef(J)``, eigenvalues λ,
@@ -477,6 +479,9 @@ class PolicySearch:
 
     ``evaluate(policy)`` scores any policy (cached, e.g. the 50 single operations for Figure 5);
     ``evaluations`` counts what this object computed (S_pri / S_acc), so a resumed search shows 0.
+    ``best`` and ``hybrid`` choose among the candidates of the last ``run`` (``searched``), never among
+    policies scored only for a figure: the file may hold those from an earlier session, and a resumed
+    search must pick what a fresh one picks.
     """
 
     def __init__(self, privacy_model: nn.Module, accuracy_model: nn.Module, privacy_images: torch.Tensor,
@@ -494,6 +499,7 @@ class PolicySearch:
         self.chunk_size, self.memory_budget = chunk_size, memory_budget
         self.evaluations = {"privacy": 0, "accuracy": 0}
         self.records: dict[str, dict[str, Any]] = {}
+        self.searched: list[str] | None = None  # Algorithm 1's candidates, once run() has evaluated them
         self._meta = {
             "settings": asdict(self.settings), "mean": list(self.mean), "std": list(self.std),
             "fingerprints": {
@@ -611,10 +617,10 @@ class PolicySearch:
                     self.evaluate(policy)
                     done += 1
                     bar.update(1)
-                    top = self.best(1)
+                    top = self.best(1, policies=todo[:done])
                     if top:
                         bar.set_postfix(best=top[0]["policy"], s_pri=f"{top[0]['s_pri']:.4f}")
-                if explicit or not extend or len(self.best(n)) >= n or len(todo) >= limit:
+                if explicit or not extend or len(self.best(n, policies=todo)) >= n or len(todo) >= limit:
                     break
                 more = min(limit, len(todo) + max(n, c_max // 10))
                 todo = self.candidates(more)
@@ -622,12 +628,16 @@ class PolicySearch:
                 bar.refresh()
         finally:
             bar.close()
+        self.searched = todo[:done]
         return self.best(n)
 
     def best(self, n: int = 2, t_acc: float | None = None, rank: str = "mean",
              policies: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """The ``n`` qualified records with the lowest S_pri (``rank="mean"``, Algorithm 1), or with the
-        lowest 0.7·z(S_pri) + 0.3·z(variance over images) (``rank="mean_var"``, the reference's ranking)."""
+        lowest 0.7·z(S_pri) + 0.3·z(variance over images) (``rank="mean_var"``, the reference's ranking),
+        among ``policies`` (default: ``searched``, or every stored record before any ``run``)."""
+        if policies is None:
+            policies = self.searched
         pool = self.records.values() if policies is None else [self.records[str(Policy(p))] for p in policies
                                                                   if str(Policy(p)) in self.records]
         qualified = [r for r in pool if r.get("s_pri") is not None and self.passes(r, t_acc)]
@@ -647,12 +657,14 @@ class PolicySearch:
             return [qualified[i] for i in order[:n]]
         raise ValueError(f"rank must be 'mean' or 'mean_var', got {rank!r}")
 
-    def hybrid(self, n: int = 2, t_acc: float | None = None, rank: str = "mean", disjoint: bool = True) -> str:
-        """``"a+b"`` of the best ``n`` policies, each sharing no operation index with those before
-        (the paper: "all the selected transformation policies cannot have common transformation functions")."""
+    def hybrid(self, n: int = 2, t_acc: float | None = None, rank: str = "mean", disjoint: bool = True,
+               policies: Iterable[str] | None = None) -> str:
+        """``"a+b"`` of the best ``n`` policies (among ``policies``, as :meth:`best`), each sharing no
+        operation index with those before (the paper: "all the selected transformation policies cannot
+        have common transformation functions")."""
         chosen: list[str] = []
         used: set[int] = set()
-        for record in self.best(len(self.records), t_acc, rank):
+        for record in self.best(len(self.records), t_acc, rank, policies):
             ops = Policy(record["policy"]).operations
             if disjoint and ops & used:
                 continue

@@ -153,6 +153,23 @@ def test_search_resumes_from_its_saved_state_without_recomputing(tmp_path):
                      path=tmp_path / "search.jsonl", settings=SearchSettings(points=5, runs=2))
 
 
+def test_policies_scored_outside_the_search_never_enter_its_result(tmp_path):
+    first = make_search(tmp_path)
+    best, hybrid = first.run(c_max=4, n=2, progress=False), first.hybrid(2)
+    # a figure's score left in the file by an earlier session, better than anything the search found
+    figure = next(str(i) for i in range(50) if str(i) not in first.candidates(4))
+    planted = {"policy": figure, "s_acc": best[0]["s_acc"], "s_pri": best[0]["s_pri"] - 1.0}
+    with open(tmp_path / "search.jsonl", "a") as handle:
+        handle.write(json.dumps(planted) + "\n")
+
+    again = make_search(tmp_path)
+    assert again.best(1)[0]["policy"] == figure  # before a run, every stored record counts
+    assert again.run(c_max=4, n=2, progress=False) == best
+    assert again.hybrid(2) == hybrid and figure not in hybrid.split("+")
+    assert again.searched == first.searched == first.candidates(4)
+    assert again.best(1, policies=[r["policy"] for r in again.table()])[0]["policy"] == figure
+
+
 def test_search_filters_by_accuracy_score_and_builds_a_disjoint_hybrid(tmp_path):
     search = make_search(tmp_path)
     singles = [str(i) for i in (3, 15, 18, 1, 0)]
