@@ -1,7 +1,7 @@
 """Name -> factory registries, so notebooks pick models, attacks and defenses from their parameters."""
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -41,3 +41,15 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def check_choices(parameter: str, chosen: Iterable[str], allowed: Sequence[str]) -> list[str]:
+    """``chosen`` as a list, or a ValueError naming the unknown entries: a notebook's section list with a
+    typo would otherwise skip that section without a word."""
+    if isinstance(chosen, str):
+        raise TypeError(f"{parameter} must be a list of names, got the string {chosen!r}")
+    chosen = list(chosen)
+    unknown = [c for c in chosen if c not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {parameter} {unknown}; choose from: {', '.join(allowed)}")
+    return chosen

@@ -7,6 +7,9 @@ import pytest
 import yaml
 
 from fedrepro.cli import main
+from fedrepro.experiments import ats, cvb, inversion
+from fedrepro.registry import check_choices
+from fedrepro.sweep import SweepSpec
 from fedrepro.runner import (ParameterError, find_notebook, list_notebooks, notebook_parameters,
                              tier_parameters, validate_parameters)
 
@@ -115,3 +118,27 @@ def test_reproduce_keeps_going_after_a_failure_and_resume_skips_finished_noteboo
     with pytest.raises(RuntimeError):
         runner.reproduce("quick", tmp_path / "notebooks", reports, progress=False, resume=True)
     assert calls == ["01_broken", "02_third"]
+
+
+SECTION_LISTS = {"03_inversion": ("experiments", inversion.EXPERIMENTS), "04_cvb": ("tables", cvb.TABLES),
+                 "05_transformation_search": ("tables", ats.SECTIONS)}
+
+
+def test_section_lists_refuse_unknown_names():
+    assert check_choices("tables", ("table1", "figure5"), ats.SECTIONS) == ["table1", "figure5"]
+    with pytest.raises(ValueError, match=r"unknown tables \['tabel1'\]; choose from: figure5, table1"):
+        check_choices("tables", ["table1", "tabel1"], ats.SECTIONS)
+    with pytest.raises(TypeError, match="list of names"):
+        check_choices("tables", "table1", ats.SECTIONS)
+
+
+@pytest.mark.parametrize("name", sorted(SECTION_LISTS))
+def test_every_tier_and_sweep_names_known_sections(name):
+    """A typo in a section list would skip that section silently; each parameter set must pass the check."""
+    parameter, allowed = SECTION_LISTS[name]
+    notebook = REPO / "notebooks" / f"{name}.ipynb"
+    sets = [notebook_parameters(notebook)] + [tier_parameters(notebook, tier) for tier in ("quick", "paper")]
+    for sweep in (REPO / "parameters" / "sweeps").glob(f"{name}_*.yaml"):
+        sets += SweepSpec.from_yaml(sweep).expand()
+    chosen = [s[parameter] for s in sets if parameter in s]
+    assert chosen and all(check_choices(parameter, c, allowed) for c in chosen)

@@ -55,6 +55,9 @@ PUBLISHED = {
     ("fashion-mnist", "convnet"): ("42-28-42", "14-48-48"),
 }
 
+#: Notebook 05's sections, for its ``tables`` parameter.
+SECTIONS = ("figure5", "table1", "figure4", "figure2", "table2", "table3", "table4")
+
 #: Paper 05's Table 3 defenses: (registry name, parameter) -> result-key label.
 TABLE3 = (("prune", 0.70), ("prune", 0.95), ("prune", 0.99), ("laplacian", 1e-3), ("laplacian", 1e-2),
           ("gaussian", 1e-3), ("gaussian", 1e-2))

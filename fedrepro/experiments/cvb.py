@@ -715,6 +715,9 @@ def claim_check(none: Mapping[str, Any], cvb: Mapping[str, Any], accuracy_tolera
 
 # --- the paper's tables as lists of settings ---------------------------------------------------
 
+#: Notebook 04's sections, for its ``tables`` parameter.
+TABLES = ("I", "II", "III", "IV", "V", "VI", "fig9")
+
 TABLE_I = {"precode:P3": ("none", "decoder", "classifier", "decoder_and_after"),
            "precode:P2": ("none", "decoder", "classifier", "after_decoder", "decoder_and_after")}
 """Table I: which gradients are dropped, per PRECODE position. Our copy of the paper lost the table's

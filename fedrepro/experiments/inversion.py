@@ -44,6 +44,8 @@ from fedrepro.defenses import DEFENSES
 from fedrepro.fl import OPTIMIZERS, FedAvgConfig, batch_order, evaluate, model_loss
 from fedrepro.runtime import generator, get_device
 
+#: Notebook 03's experiments, for its ``experiments`` parameter.
+EXPERIMENTS = ("training", "architectures", "noise", "pruning", "multistep")
 BATCHNORM_MODES = ("eval", "train")
 
 
