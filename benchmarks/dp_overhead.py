@@ -6,8 +6,9 @@ DP-SGD step (``DPTrainer``: opacus per-sample gradients with hooks, flat clippin
 Poisson sampling with expected batch 64 — the same number of steps). Step time does not depend on
 the data or on σ. Each trainer runs one warm-up epoch, then ``--repeats`` epochs interleaved with the
 other; the best epoch counts. The published opacus overhead is 2.6–8× (Yousefpour et al., 2021);
-measured here (torch 2.14.1, opacus 1.6, 2 cores, machine not idle, 4 steps of batch 64): the CNN
-22 → 139 ms/step (6.3×), ResNet-9 3.4 → 10.5 s/step (3.1×).
+measured here on 2 idle cores (torch 2.14.1, opacus 1.6, 2 threads, 8 steps of batch 64): the CNN
+4.0 → 28.1 ms/step (7.0×), ResNet-9 0.72 → 2.76 s/step (3.8×). An earlier run under load gave 6.3×
+and 3.1×.
 
 Run on an idle machine (with 2 threads on 2 cores any other load slows torch many times):
 

@@ -9,8 +9,9 @@ then ``--repeats`` times, interleaved with the other; the best time counts.
 What to expect: about the same speed. Both take one forward and one input-gradient per step for
 the whole batch; ours also freezes the parameters during the attack (no weight-gradient graph is
 recorded), which autograd's own pruning of unrequested gradients makes nearly free anyway. Measured
-here (torch 2.14.1, 2 cores, machine not idle): ResNet-9, batch 32 — 4.0 vs 4.0 images/s, 1.0x; the
-CNN, batch 128, 1 thread — 1.3x. The outputs are identical (largest difference 0).
+here on 2 idle cores (torch 2.14.1): ResNet-9, batch 32, 2 threads — 12.8 vs 12.3 images/s, 1.0x; the
+CNN, batch 128, 1 thread — 980 vs 874 images/s, 1.1x. An earlier run under load gave 4.0 vs 4.0
+images/s and 1.3x. The outputs are identical (largest difference 0).
 
 Run on an idle machine (with 2 threads on 2 cores any other load slows torch many times):
 
