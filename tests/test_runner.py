@@ -9,9 +9,9 @@ import yaml
 from fedrepro.cli import main
 from fedrepro.experiments import ats, cvb, inversion
 from fedrepro.registry import check_choices
-from fedrepro.sweep import SweepSpec
 from fedrepro.runner import (ParameterError, find_notebook, list_notebooks, notebook_parameters,
                              tier_parameters, validate_parameters)
+from fedrepro.sweep import SweepSpec
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = list_notebooks(REPO / "notebooks")
