@@ -32,7 +32,7 @@ The paper's minute is out of reach on these 2 cores whatever the implementation.
 × 21 points is 2,100 per-sample gradients of 11.1 GFLOP each (forward + backward of the width-64
 ConvNet, by torch's FLOP counter): 23.4 TFLOP per policy. A 4096² matrix product runs at 185 GFLOP/s
 in fp32 and 381 GFLOP/s in bfloat16 here, so even at matrix-product speed a policy needs 126 s in fp32
-(the loop's 157 s is 80% of that) and 61 s in bfloat16.
+(the loop, at 157 s, runs at 80% of that speed) and 61 s in bfloat16.
 """
 from __future__ import annotations
 
