@@ -141,4 +141,6 @@ def test_every_tier_and_sweep_names_known_sections(name):
     for sweep in (REPO / "parameters" / "sweeps").glob(f"{name}_*.yaml"):
         sets += SweepSpec.from_yaml(sweep).expand()
     chosen = [s[parameter] for s in sets if parameter in s]
-    assert chosen and all(check_choices(parameter, c, allowed) for c in chosen)
+    assert chosen, f"no parameter set of {name} names its {parameter}"
+    for names in chosen:
+        check_choices(parameter, names, allowed)  # raises on an unknown name
