@@ -171,7 +171,7 @@ def test_update_views_refuse_inconsistent_inputs(cifar10):
 
 
 def test_multistep_rows_compare_gradient_and_updates_on_the_same_victims(cifar10):
-    from fedrepro.experiments.inversion import multistep_rows
+    from fedrepro.papers.p03_inversion import multistep_rows
 
     torch.manual_seed(0)
     model = build_model("cnn").eval()

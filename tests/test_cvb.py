@@ -10,8 +10,9 @@ import torch
 from fedrepro.attacks import DefendedStep, client_update
 from fedrepro.data import DatasetNotFoundError, FederatedData, load_dataset
 from fedrepro.data import federated_split
-from fedrepro.defenses.variational import CVB, bottlenecks, decoder_name
-from fedrepro.experiments import cvb
+from fedrepro.defenses import DPSGD
+from fedrepro.defenses.variational import CVB, PublicCodeCVB, bottlenecks, decoder_name
+from fedrepro.papers import p04_cvb as cvb
 from fedrepro.fl import ClientData, FedAvgConfig, StandardTrainer, model_loss
 from fedrepro.results import Report, paper_values
 
@@ -30,7 +31,7 @@ def test_defense_specs_parse_to_canonical_labels():
         cvb.Defense.parse("cvb:q3")
     with pytest.raises(ValueError, match="unknown defense"):
         cvb.Defense.parse("dropout")
-    assert isinstance(cvb.Defense.parse("dp:sigma0.01").gradient_defense(), cvb.DPSGD)
+    assert isinstance(cvb.Defense.parse("dp:sigma0.01").gradient_defense(), DPSGD)
     assert cvb.Defense.parse("cvb").gradient_defense() is None
 
 
@@ -146,7 +147,7 @@ def test_cvb_kl_is_averaged_over_positions_by_default():
 
 def test_public_code_kl_is_available_for_comparison():
     (_, module), = bottlenecks(cvb.build_defended_model("cnn", "cvb:klcode"))
-    assert isinstance(module, cvb.PublicCodeCVB) and module.beta == pytest.approx(0.1)
+    assert isinstance(module, PublicCodeCVB) and module.beta == pytest.approx(0.1)
     assert module.kl_reduction == "mean_positions"
     torch.manual_seed(0)
     z = torch.randn(2, 16, 14, 14)
@@ -190,7 +191,7 @@ SSIM_MARGIN = 0.15
 def test_cvb_lowers_ssim_under_ig_on_an_untrained_cnn(cifar10):
     splits = federated_split(cifar10.labels, 10, seed=0, samples_per_client=200)
     data = FederatedData(cifar10, cifar10.subset(list(range(10))), splits)
-    victims = cvb.pick_victims(data, 4, seed=0)
+    victims = cvb.client_victims(data, 4, seed=0)
     found = {}
     for defense in ("none", "cvb"):
         model = cvb.build_defended_model("cnn", defense, seed=0)
@@ -219,7 +220,7 @@ def test_figures_render_from_rows_and_leakages():
     matplotlib.use("Agg")
     import numpy as np
 
-    from fedrepro.experiments import cvb_plots
+    from fedrepro.papers import p04_plots as cvb_plots
 
     report = Report("04_cvb", paper="04", tier="smoke", parameters={})
     rows = {title: [{"label": tick, "accuracy": 60.0 + i, "ssim": 0.1 * i,

@@ -297,7 +297,7 @@ def test_same_seed_gives_the_same_model_after_a_dp_round(clipping):
 
 def test_a_sweep_reads_epsilon_from_the_history_also_with_worker_processes():
     from fedrepro.data import ClientSplit, ImageDataset
-    from fedrepro.privacy.sweep import noise_sweep
+    from fedrepro.papers.p02_clipping import noise_sweep
 
     g = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (72, 3, 16, 16), dtype=torch.uint8, generator=g)

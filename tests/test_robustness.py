@@ -263,7 +263,7 @@ def dp_trainer_left_alone(trainer) -> bool:
 
 def test_client_subset_keeps_validation_and_draws_from_each_clients_own_share():
     from fedrepro.data import FederatedData
-    from fedrepro.robustness.experiment import client_subset
+    from fedrepro.papers.p01_robustness import client_subset
 
     train, test, splits = toy_federation()
     splits = federated_split(train.labels, 2, seed=0, val_fraction=0.25)

@@ -141,6 +141,29 @@ class CVB(VariationalBottleneck):
         return self.mu(z), _sigma(self.sigma(z))
 
 
+class PublicCodeCVB(CVB):
+    """The CVB with the public code's KL term, for comparison only (spec ``cvb:klcode``).
+
+    The public code samples ``b = μ + σ·ε`` with ``σ = softplus(clip(·, −5, 5))`` but computes the KL
+    with the log-variance formula, ``−½ Σ_channels (1 + σ − μ² − e^σ)``, averaged over batch and
+    positions. That term is smallest at σ = 0, so training drives the sampling noise *to zero* (the
+    correct KL drives σ to 1): the trained bottleneck becomes nearly deterministic. We keep the correct
+    KL by default and offer this one to measure what the difference does to accuracy and privacy.
+    """
+
+    def encode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mu(z), F.softplus(self.sigma(z).clamp(-5.0, 5.0))
+
+    def kl_terms(self, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (1 + sigma - mu.pow(2) - sigma.exp())
+
+
+CVB_VARIANTS: Registry[type[CVB]] = Registry("CVB variant")
+"""``paper``: the CVB with the correct KL (default); ``code``: :class:`PublicCodeCVB`."""
+CVB_VARIANTS.register("paper")(CVB)
+CVB_VARIANTS.register("code")(PublicCodeCVB)
+
+
 class PatchTokenGrid(nn.Module):
     """Applies a 2-D bottleneck to a ViT's patch tokens seen as (patches, H, W) maps (F = H·W)."""
 
@@ -219,22 +242,24 @@ def add_precode(model: nn.Module, position: int | tuple[int, ...] = 3, k: int | 
 @MODEL_DEFENSES.register("cvb")
 def add_cvb(model: nn.Module, position: int | tuple[int, ...] = 1, kernel_size: int = 5, scale: float = 0.5,
             beta: float = 0.1, input_shape: tuple[int, int, int] = (3, 32, 32),
-            kl_reduction: str = "mean_positions") -> nn.Module:
+            kl_reduction: str = "mean_positions", variant: str = "paper") -> nn.Module:
     """Insert a CVB with ``K_E = scale · channels`` latent channels after each ``position``. Modifies ``model``.
 
     Defaults are paper 04's final choice for the CNN: P = 1, k_E = 5, s_E = ½, β = 0.1 (with the KL
-    averaged over the latent map's positions, as the β was tuned).
+    averaged over the latent map's positions, as the β was tuned). ``variant`` names a
+    :data:`CVB_VARIANTS` class.
     """
+    cvb_class = CVB_VARIANTS.get(variant)
     for p in _positions(position):  # deepest first, so earlier insertions don't shift later sites
         site = bottleneck_site(model, p)
         shape = _output_shape(model, site, input_shape)
         if isinstance(model, ViT):
             patches, hidden = shape[0] - 1, shape[1]
-            cvb = CVB(patches, max(1, round(scale * patches)), kernel_size, beta, kl_reduction)
+            cvb = cvb_class(patches, max(1, round(scale * patches)), kernel_size, beta, kl_reduction)
             _insert_after(model, site, PatchTokenGrid(cvb, hidden))
         else:
             channels = shape[0]
-            _insert_after(model, site, CVB(channels, max(1, round(scale * channels)), kernel_size, beta, kl_reduction))
+            _insert_after(model, site, cvb_class(channels, max(1, round(scale * channels)), kernel_size, beta, kl_reduction))
     return model
 
 

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-from fedrepro.privacy.sweep import PrivateRun, by_strategy
+from fedrepro.papers.p02_clipping import PrivateRun, by_strategy
 
 STYLE = {
     "flat": dict(color="tab:blue", marker="o", label="flat"),

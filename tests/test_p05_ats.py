@@ -1,4 +1,4 @@
-"""Fast checks of notebook 05's experiment helpers (fedrepro.experiments.ats)."""
+"""Fast checks of notebook 05's experiment helpers (fedrepro.papers.p05_ats)."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedrepro.data import FederatedData, ImageDataset, federated_split
-from fedrepro.experiments import ats
+from fedrepro.papers import p05_ats as ats
 from fedrepro.fl import FedAvgConfig
 
 

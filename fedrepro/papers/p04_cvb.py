@@ -54,171 +54,15 @@ from torch import nn
 from fedrepro import metrics
 from fedrepro.attacks import ATTACKS, AttackConfig, DefendedStep, ServerView, client_update, parameters_from, run_attack
 from fedrepro.attacks.presets import LBFGS_INNER
+from fedrepro.attacks.victims import pick_victims
 from fedrepro.data import FederatedData, load_federated
-from fedrepro.defenses import DPSGD, Pruning
-from fedrepro.defenses.variational import CVB, PRECODE_K, add_cvb, add_precode, bottlenecks, decoder_name
+from fedrepro.defenses.spec import Defense, format_value
+from fedrepro.defenses.variational import bottlenecks, decoder_name
 from fedrepro.fl import FedAvgConfig, FedAvgResult, StandardTrainer, run_fedavg
 from fedrepro.models import build_model, count_parameters
 from fedrepro.runtime import derive_seed, generator, get_device
 
-# --- defenses by name --------------------------------------------------------------------------
-
-KINDS = ("none", "precode", "cvb", "dp", "gc")
-_ALWAYS_SHOWN = {"precode": ("P",), "dp": ("sigma",), "gc": ("p",)}
-VARIATIONAL = ("precode", "cvb")
-
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "precode": {"P": 3, "K": None, "beta": 0.001},
-    "cvb": {"P": 1, "k": 5, "s": 0.5, "beta": 0.1, "kl": "mean"},
-    "dp": {"C": 20.0, "sigma": 1.0},
-    "gc": {"p": 0.9},
-}
-"""Each kind's parameters and defaults: PRECODE's K defaults to 8/16/32 at P = 1/2/3 (Table II's counts),
-its β to PRECODE's 0.001; the CVB's to paper 04's final choice (P = 1, k_E = 5, s_E = ½, β = 0.1) with
-the KL term averaged over the latent map's positions (``kl=mean``, the β the paper tuned; see
-:mod:`fedrepro.defenses.variational`); DP to
-C = 20 (Table IV); GC to p = 0.9."""
-
-
-def _number(text: str) -> float | int:
-    value = float(text)
-    return int(value) if value.is_integer() and "e" not in text.lower() and "." not in text else value
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, tuple):
-        return "+".join(str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Defense:
-    """One defense of paper 04, written as a spec string ``kind[:<name><value>,...]``.
-
-    ``none``; ``precode:P3[,K32][,beta0.001]``; ``cvb[:P1][,k5][,s0.5][,beta0.1][,klmean|klsum|klcode]``
-    (several positions as ``P1+2``); ``dp[:C20][,sigma1]``; ``gc[:p0.9]``. Each part is a parameter name
-    followed by its value (``name=value`` is accepted too; the canonical form has no ``=``, which
-    papermill's parameter parser would trip over). :attr:`label` is the canonical spec (defaults left
-    out, fixed order), used as the key of every measured number.
-    """
-
-    kind: str = "none"
-    params: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def parse(cls, spec: "str | Defense") -> "Defense":
-        if isinstance(spec, Defense):
-            return spec
-        kind, _, rest = spec.strip().partition(":")
-        kind = kind.strip().lower()
-        if kind not in KINDS:
-            raise ValueError(f"unknown defense {kind!r} in {spec!r}; choose one of {', '.join(KINDS)}")
-        defaults = _DEFAULTS[kind]
-        values = dict(defaults)
-        for part in filter(None, (p.strip() for p in rest.split(","))):
-            if "=" in part:
-                name, _, raw = (x.strip() for x in part.partition("="))
-            else:
-                known = sorted((n for n in defaults if part.startswith(n)), key=len, reverse=True)
-                name, raw = (known[0], part[len(known[0]):].strip()) if known else (part, "")
-            if name not in defaults or not raw:
-                raise ValueError(f"{spec!r}: {kind} takes {', '.join(defaults) or 'no parameters'}, each followed "
-                                 f"by its value (e.g. {kind}:{next(iter(defaults), 'x')}1)")
-            if name == "kl":
-                if raw not in KL_SPECS:
-                    raise ValueError(f"{spec!r}: kl must be one of {', '.join(KL_SPECS)}")
-                values[name] = raw
-            elif name == "P":
-                positions = tuple(int(p) for p in raw.split("+"))
-                values[name] = positions[0] if len(positions) == 1 else positions
-            else:
-                values[name] = _number(raw)
-        for name in ("beta", "C", "sigma", "p", "s"):
-            if name in values and values[name] is not None:
-                values[name] = float(values[name])
-        return cls(kind, tuple((k, values[k]) for k in defaults))
-
-    @property
-    def values(self) -> dict[str, Any]:
-        return dict(self.params)
-
-    def __getitem__(self, name: str) -> Any:
-        return self.values[name]
-
-    @property
-    def label(self) -> str:
-        defaults = _DEFAULTS[self.kind]
-        shown = [f"{k}{_fmt(v)}" for k, v in self.params if v != defaults[k] or k in _ALWAYS_SHOWN.get(self.kind, ())]
-        return self.kind + (":" + ",".join(shown) if shown else "")
-
-    def __str__(self) -> str:
-        return self.label
-
-    @property
-    def variational(self) -> bool:
-        return self.kind in VARIATIONAL
-
-    def gradient_defense(self) -> DPSGD | Pruning | None:
-        """The part applied to shared gradients (DP-SGD or pruning), or None."""
-        if self.kind == "dp":
-            return DPSGD(clip=self["C"], noise_multiplier=self["sigma"])
-        if self.kind == "gc":
-            return Pruning(ratio=self["p"])
-        return None
-
-    def apply(self, model: nn.Module, input_shape: tuple[int, int, int]) -> nn.Module:
-        """Insert the bottleneck(s) of a model defense into ``model`` (other kinds leave it unchanged)."""
-        if self.kind == "precode":
-            return add_precode(model, self["P"], k=self["K"], beta=self["beta"], input_shape=input_shape)
-        if self.kind == "cvb":
-            model = add_cvb(model, self["P"], kernel_size=int(self["k"]), scale=self["s"], beta=self["beta"],
-                            input_shape=input_shape, kl_reduction=KL_SPECS[self["kl"]])
-            if self["kl"] == "code":
-                for _, module in bottlenecks(model):
-                    if type(module) is CVB:
-                        module.__class__ = PublicCodeCVB
-        return model
-
-    def describe(self) -> str:
-        """Human-readable, e.g. 'CVB (P = 1, k_E = 5, s_E = 0.5, β = 0.1)'."""
-        v = self.values
-        if self.kind == "none":
-            return "no defense"
-        if self.kind == "precode":
-            k = v["K"] if v["K"] is not None else (PRECODE_K.get(v["P"], 32) if isinstance(v["P"], int) else "8/16/32 by P")
-            return f"PRECODE (P = {_fmt(v['P'])}, K = {k}, β = {_fmt(v['beta'])})"
-        if self.kind == "cvb":
-            kl = {"mean": "", "sum": ", KL summed over positions", "code": ", the public code's KL"}[v["kl"]]
-            return f"CVB (P = {_fmt(v['P'])}, k_E = {v['k']}, s_E = {_fmt(v['s'])}, β = {_fmt(v['beta'])}{kl})"
-        if self.kind == "dp":
-            return f"DP-SGD (C = {_fmt(v['C'])}, σ = {_fmt(v['sigma'])})"
-        return f"gradient compression (p = {_fmt(v['p'])})"
-
-
-KL_SPECS = {"mean": "mean_positions", "sum": "sum", "code": "mean_positions"}
-"""The spec's ``kl`` values and the bottleneck's ``kl_reduction`` each uses (``code`` also swaps in the
-public code's KL formula, :class:`PublicCodeCVB`)."""
-
-
-class PublicCodeCVB(CVB):
-    """The CVB with the public code's KL term, for comparison only (``cvb:klcode``).
-
-    The public code samples ``b = μ + σ·ε`` with ``σ = softplus(clip(·, −5, 5))`` but computes the KL
-    with the log-variance formula, ``−½ Σ_channels (1 + σ − μ² − e^σ)``, averaged over batch and
-    positions. That term is smallest at σ = 0, so training drives the sampling noise *to zero* (the
-    correct KL drives σ to 1): the trained bottleneck becomes nearly deterministic. We keep the correct
-    KL by default and offer this one to measure what the difference does to accuracy and privacy.
-    """
-
-    def encode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mu(z), torch.nn.functional.softplus(self.sigma(z).clamp(-5.0, 5.0))
-
-    def kl_terms(self, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return -0.5 * (1 + sigma - mu.pow(2) - sigma.exp())
-
+# --- defended models ----------------------------------------------------------------------------
 
 def build_defended_model(model_name: str, defense: str | Defense, in_channels: int = 3, num_classes: int = 10,
                          image_size: int = 32, seed: int = 0) -> nn.Module:
@@ -373,12 +217,12 @@ class Victims:
     originals: torch.Tensor
 
 
-def pick_victims(data: FederatedData, count: int, seed: int, client: int = 0) -> Victims:
+def client_victims(data: FederatedData, count: int, seed: int, client: int = 0) -> Victims:
     """``count`` images drawn at random from one client's training split (paper 04, Sec. V-B)."""
-    pool = data.splits[client].train
-    if count > len(pool):
-        raise ValueError(f"client {client} holds {len(pool)} training images, fewer than {count} victims")
-    chosen = pool[torch.randperm(len(pool), generator=generator(seed, "victims", data.train.name))[:count]]
+    if count > len(data.splits[client].train):
+        raise ValueError(f"client {client} holds {len(data.splits[client].train)} training images, "
+                         f"fewer than {count} victims")
+    chosen = pick_victims(data.train, count, seed, "random", pool=data.splits[client].train)
     raw = data.train.images[chosen]
     return Victims(data.train.name, chosen, data.train.normalize(raw), data.train.labels[chosen], raw.float() / 255.0)
 
@@ -561,7 +405,7 @@ class Study:
 
     def victims(self, dataset: str) -> Victims:
         if dataset not in self._victims:
-            self._victims[dataset] = pick_victims(self.data(dataset), self.config.victims, self.config.seed,
+            self._victims[dataset] = client_victims(self.data(dataset), self.config.victims, self.config.seed,
                                                   self.config.victim_client)
         return self._victims[dataset]
 
@@ -753,7 +597,7 @@ def table_i(study: Study, dataset: str = "cifar10", subsets: Mapping[str, Sequen
     for defense, ignores in subsets.items():
         for ignore in ignores:
             text = "IG (all gradients)" if ignore == "none" else f"dropping {ignore.replace('_', ' ')}"
-            position = _fmt(Defense.parse(defense)["P"]) if Defense.parse(defense).kind == "precode" else "?"
+            position = format_value(Defense.parse(defense)["P"]) if Defense.parse(defense).kind == "precode" else "?"
             rows.append(study.row(dataset, "cnn", defense, ignore=ignore, accuracy=False,
                                   label=f"PRECODE P = {position}: {text}"))
     return rows

@@ -79,23 +79,6 @@ def per_model(values: Mapping[str, Any], name: str, what: str) -> Any:
 
 # --- victims and training --------------------------------------------------------------------------
 
-def pick_victims(dataset: ImageDataset, count: int, seed: int) -> torch.Tensor:
-    """``count`` image indices cycling through the classes (class 0, 1, …, 9, 0, …), each drawn at
-    random within its class from ``seed`` — so any prefix of the victims covers the classes evenly."""
-    g = generator(seed, "victims")
-    pools = [(dataset.labels == c).nonzero().squeeze(1) for c in range(dataset.num_classes)]
-    pools = [pool[torch.randperm(len(pool), generator=g)] for pool in pools]
-    taken = [0] * len(pools)
-    chosen = []
-    while len(chosen) < count:
-        c = len(chosen) % len(pools)
-        if taken[c] >= len(pools[c]):
-            raise ValueError(f"not enough images of class {c} for {count} victims")
-        chosen.append(int(pools[c][taken[c]]))
-        taken[c] += 1
-    return torch.tensor(chosen, dtype=torch.long)
-
-
 @dataclass
 class CropFlip:
     """Random crop with zero padding and horizontal flip of a normalised batch (a ``batch_transform``).

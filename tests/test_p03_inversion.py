@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from fedrepro.attacks.victims import pick_victims
 from fedrepro.data import ImageDataset
-from fedrepro.experiments.inversion import (CropFlip, InversionRow, attack_options, attack_row, build_paper_model,
+from fedrepro.papers.p03_inversion import (CropFlip, InversionRow, attack_options, attack_row, build_paper_model,
                                             check_decreasing, check_order, check_recovered, check_spread,
                                             claims_table, defense_explorer, defense_label, make_defense, per_model,
-                                            pick_victims, reconstruction_grid, results_table, train_snapshots,
+                                            reconstruction_grid, results_table, train_snapshots,
                                             training_states, training_steps)
 from fedrepro.models import build_model
 
@@ -39,18 +40,6 @@ def test_models_are_seeded_with_batchnorm_where_the_paper_has_it():
     assert per_model({"cnn": 3, "default": 1}, "resnet18", "victims") == 1
     with pytest.raises(KeyError, match="iterations has no entry for model 'resnet18'"):
         per_model({"cnn": 3}, "resnet18", "iterations")
-
-
-def test_victims_cycle_through_classes_and_are_seeded():
-    data = synthetic()
-    victims = pick_victims(data, 12, seed=0)
-    assert data.labels[victims].tolist() == [c % 10 for c in range(12)]
-    assert len(set(victims.tolist())) == 12
-    assert torch.equal(victims, pick_victims(data, 12, seed=0))
-    assert not torch.equal(victims, pick_victims(data, 12, seed=1))
-    assert torch.equal(pick_victims(data, 5, seed=0), victims[:5])
-    with pytest.raises(ValueError, match="not enough"):
-        pick_victims(data, 61, seed=0)
 
 
 def test_crop_flip_moves_pixels_and_pads_black():
@@ -111,7 +100,7 @@ def test_attack_row_measures_every_victim_and_noise_hurts():
     data = synthetic(20)
     torch.manual_seed(0)
     model = build_model("cnn").eval()
-    victims = pick_victims(data, 2, seed=0)
+    victims = pick_victims(data, 2, seed=0, policy="class_cycle")
     options = attack_options(iterations=60, restarts=1, tv_weight=1e-2)
     clean = attack_row(model, data.images[victims], data.labels[victims], data, experiment="noise",
                        setting="no defense", attack_options=options, progress=False)
@@ -168,7 +157,7 @@ def test_claim_checks():
 
 
 def test_defense_explorer_draws_the_default_and_redraws_on_change(monkeypatch):
-    import fedrepro.experiments.inversion as inversion
+    import fedrepro.papers.p03_inversion as inversion
 
     drawn = []
     original = inversion.reconstruction_grid

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from fedrepro.experiments.cvb import Leakage
+from fedrepro.papers.p04_cvb import Leakage
 from fedrepro.metrics import ASR_THRESHOLD
 from fedrepro.plots import image_grid
 
