@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedrepro.attacks import DefendedStep, client_update
+from fedrepro.attacks.ignore import default_ignore, ignored_parameters, matched_layers
 from fedrepro.data import DatasetNotFoundError, FederatedData, load_dataset
 from fedrepro.data import federated_split
 from fedrepro.defenses import DPSGD
@@ -75,23 +76,23 @@ def test_ignore_attack_matches_exactly_the_layers_before_the_decoder(model_name,
     order = _forward_order(model)
     first = order.index(decoder)
     module_of = {f"{m}.{p}": m for m in order for p, _ in model.get_submodule(m).named_parameters(recurse=False)}
-    kept = set(cvb.matched_layers(model, "decoder_and_after"))
-    dropped = set(cvb.ignored_parameters(model, "decoder_and_after"))
+    kept = set(matched_layers(model, "decoder_and_after"))
+    dropped = set(ignored_parameters(model, "decoder_and_after"))
     assert kept | dropped == set(module_of) and not kept & dropped
     assert kept == {name for name, module in module_of.items() if order.index(module) < first}
     assert dropped == {name for name, module in module_of.items() if order.index(module) >= first}
-    assert cvb.default_ignore(model) == "decoder_and_after"
-    assert cvb.default_ignore(cvb.build_defended_model(model_name, "none")) == "none"
+    assert default_ignore(model) == "decoder_and_after"
+    assert default_ignore(cvb.build_defended_model(model_name, "none")) == "none"
 
 
 def test_table_i_subsets_on_precode_at_p2():
     model = cvb.build_defended_model("cnn", "precode:P2")
-    assert cvb.matched_layers(model, "none") is None
-    assert cvb.ignored_parameters(model, "decoder") == ["layers.relu2.1.decoder.weight"]
-    assert cvb.ignored_parameters(model, "classifier") == ["layers.fc.weight", "layers.fc.bias"]
-    assert cvb.ignored_parameters(model, "after_decoder") == ["layers.conv3.weight", "layers.conv3.bias",
+    assert matched_layers(model, "none") is None
+    assert ignored_parameters(model, "decoder") == ["layers.relu2.1.decoder.weight"]
+    assert ignored_parameters(model, "classifier") == ["layers.fc.weight", "layers.fc.bias"]
+    assert ignored_parameters(model, "after_decoder") == ["layers.conv3.weight", "layers.conv3.bias",
                                                                "layers.fc.weight", "layers.fc.bias"]
-    assert cvb.matched_layers(model, "decoder_and_after") == ("layers.conv1.weight", "layers.conv1.bias",
+    assert matched_layers(model, "decoder_and_after") == ("layers.conv1.weight", "layers.conv1.bias",
                                                               "layers.conv2.weight", "layers.conv2.bias",
                                                               "layers.relu2.1.encoder.weight")
 

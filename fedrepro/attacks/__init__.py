@@ -1,5 +1,6 @@
-"""Attacks: gradient inversion (the server side: ``ServerView`` in, reconstructions out) and, from
-:mod:`fedrepro.robustness`, adversarial examples (FGSM, PGD, FAB by name in ``ADVERSARIAL``).
+"""Gradient inversion: the server side of federated learning (``ServerView`` in, reconstructions out).
+
+Adversarial examples (FGSM, PGD, FAB) are a different threat model and live in :mod:`fedrepro.robustness`.
 
 Typical use::
 
@@ -20,12 +21,11 @@ A FedAvg client's model update after several local SGD steps instead of one grad
 from __future__ import annotations
 
 from fedrepro.attacks.client import DefendedStep, client_update, per_sample_gradients
-from fedrepro.attacks.inversion import (AttackConfig, AttackResult, invert, layers_before,
-                                        parameters_from)
+from fedrepro.attacks.ignore import layers_before, parameters_from
+from fedrepro.attacks.inversion import AttackConfig, AttackResult, invert
 from fedrepro.attacks.labels import idlg_labels
 from fedrepro.attacks.presets import ATTACKS
 from fedrepro.attacks.threat import LocalTraining, ServerView, ThreatModelError
-from fedrepro.robustness.attacks import METHODS as ADVERSARIAL, fab, fgsm, pgd  # adversarial examples (paper 01)
 
 
 def run_attack(view: ServerView, attack: str | AttackConfig, seed: int = 0, chunk_size: int | None = None,
@@ -36,7 +36,7 @@ def run_attack(view: ServerView, attack: str | AttackConfig, seed: int = 0, chun
 
 
 __all__ = [
-    "ADVERSARIAL", "ATTACKS", "AttackConfig", "AttackResult", "DefendedStep", "LocalTraining", "ServerView",
-    "ThreatModelError", "client_update", "idlg_labels", "fab", "fgsm", "invert", "layers_before", "parameters_from",
-    "pgd", "per_sample_gradients", "run_attack",
+    "ATTACKS", "AttackConfig", "AttackResult", "DefendedStep", "LocalTraining", "ServerView",
+    "ThreatModelError", "client_update", "idlg_labels", "invert", "layers_before", "parameters_from",
+    "per_sample_gradients", "run_attack",
 ]

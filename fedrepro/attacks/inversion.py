@@ -127,31 +127,6 @@ class AttackResult:
         return (x * std + mean).clamp(0.0, 1.0)
 
 
-# --- layer selection -----------------------------------------------------------------------------
-
-def parameters_from(model: nn.Module, module_name: str) -> list[str]:
-    """Names of the parameters of ``module_name`` and of every module registered after it.
-
-    Registration order is taken as forward order (true for the sequential models here). These are
-    the gradients paper 04's "Ignore" attack drops: the stochastic layer and everything after it.
-    """
-    modules = [name for name, _ in model.named_modules()]
-    if module_name not in modules:
-        raise KeyError(f"model has no module {module_name!r}; modules: {', '.join(m for m in modules if m)}")
-    start = modules.index(module_name)
-    names = []
-    for name, module in list(model.named_modules())[start:]:
-        names += [f"{name}.{p}" if name else p for p, param in module.named_parameters(recurse=False)
-                  if param.requires_grad]
-    return names
-
-
-def layers_before(model: nn.Module, module_name: str) -> tuple[str, ...]:
-    """The "Ignore" attack's matched layers: every trainable parameter not in :func:`parameters_from`."""
-    dropped = set(parameters_from(model, module_name))
-    return tuple(n for n, p in model.named_parameters() if p.requires_grad and n not in dropped)
-
-
 # --- the engine ----------------------------------------------------------------------------------
 
 def invert(view: ServerView, config: AttackConfig, seed: int = 0, chunk_size: int | None = None,

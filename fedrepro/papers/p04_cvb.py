@@ -52,7 +52,8 @@ import torch
 from torch import nn
 
 from fedrepro import metrics
-from fedrepro.attacks import ATTACKS, AttackConfig, DefendedStep, ServerView, client_update, parameters_from, run_attack
+from fedrepro.attacks import ATTACKS, AttackConfig, DefendedStep, ServerView, client_update, run_attack
+from fedrepro.attacks.ignore import IGNORE, default_ignore, ignored_parameters, matched_layers
 from fedrepro.attacks.presets import LBFGS_INNER
 from fedrepro.attacks.victims import pick_victims
 from fedrepro.data import FederatedData, load_federated
@@ -119,58 +120,6 @@ def train_model(model_name: str, defense: str | Defense, data: FederatedData, co
     trainer = StandardTrainer(gradient_transform=DefendedStep(gradient)) if gradient is not None else None
     result = run_fedavg(model, data.train, data.test, data.splits, config, trainer=trainer, progress=progress)
     return TrainedModel(data.train.name, model_name, defense, initial, result.model, result)
-
-
-# --- which gradients the attacker matches ------------------------------------------------------
-
-IGNORE = ("none", "decoder", "classifier", "after_decoder", "decoder_and_after")
-"""Table I's gradient subsets, by what is *dropped*: nothing (plain IG), only the bottleneck's decoder,
-only the classifier, every layer after the decoder but not the decoder, the decoder and every layer
-after it (paper 04's Ignore attack)."""
-
-
-def classifier_name(model: nn.Module) -> str:
-    """The model's output layer: the last ``nn.Linear`` in registration (= forward) order."""
-    linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not linear:
-        raise ValueError(f"{type(model).__name__} has no linear layer")
-    return linear[-1]
-
-
-def _own_parameters(model: nn.Module, module_name: str) -> list[str]:
-    return [f"{module_name}.{p}" for p, param in model.get_submodule(module_name).named_parameters()
-            if param.requires_grad]
-
-
-def ignored_parameters(model: nn.Module, ignore: str) -> list[str]:
-    """Names of the parameters whose gradients ``ignore`` drops from the matching loss."""
-    if ignore not in IGNORE:
-        raise ValueError(f"ignore={ignore!r}; choose one of {', '.join(IGNORE)}")
-    if ignore == "none":
-        return []
-    if ignore == "classifier":
-        return _own_parameters(model, classifier_name(model))
-    decoder = decoder_name(model)
-    if ignore == "decoder":
-        return _own_parameters(model, decoder)
-    after = parameters_from(model, decoder)
-    if ignore == "after_decoder":
-        own = set(_own_parameters(model, decoder))
-        return [n for n in after if n not in own]
-    return after
-
-
-def matched_layers(model: nn.Module, ignore: str) -> tuple[str, ...] | None:
-    """The shared gradients the attack matches (None = all of them)."""
-    dropped = set(ignored_parameters(model, ignore))
-    if not dropped:
-        return None
-    return tuple(n for n, p in model.named_parameters() if p.requires_grad and n not in dropped)
-
-
-def default_ignore(model: nn.Module) -> str:
-    """Paper 04: IG on undefended models, the Ignore attack on models with a variational bottleneck."""
-    return "decoder_and_after" if bottlenecks(model) else "none"
 
 
 # --- the attacks ------------------------------------------------------------------------------
