@@ -10,7 +10,7 @@ SHARED_DATA ?= ../shared/data
 TIER ?= quick
 export FEDREPRO_DATA ?= $(HOME)/.cache/fedrepro/data
 
-.PHONY: install data test reproduce benchmarks clean
+.PHONY: install data test reproduce benchmarks wheelhouse clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,13 @@ reproduce: install data
 benchmarks: install data
 	$(BIN)/python -m pip install --quiet -e ".[dev,flower]"  # flower_speed.py needs Flower's simulation engine (Ray)
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+
+# Wheels of every runtime dependency except the torch family, for an offline machine that already has a
+# CUDA build of torch (README: "On a GPU machine without internet"). WHEEL_HAVE: a pip freeze of the target.
+WHEELHOUSE ?= wheelhouse
+WHEEL_PYTHON ?= 3.12
+wheelhouse: install
+	$(BIN)/python -m fedrepro.wheelhouse $(WHEELHOUSE) --python-version $(WHEEL_PYTHON) $(if $(WHEEL_HAVE),--have $(WHEEL_HAVE))
 
 clean:
 	rm -rf $(VENV) reports

@@ -12,16 +12,16 @@ and 3.1×.
 
 Run on an idle machine (with 2 threads on 2 cores any other load slows torch many times):
 
-    python benchmarks/dp_overhead.py [--models cnn resnet9] [--samples 512] [--repeats 2]
+    python benchmarks/dp_overhead.py [--models cnn resnet9] [--samples 512] [--repeats 2] [--device cuda]
 
 The last line is the DP / non-private step-time ratio of the last model.
 """
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from common import add_device_argument, clock, describe, resolve_device
 
 
 def main() -> None:
@@ -31,7 +31,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -40,15 +42,16 @@ def main() -> None:
     from fedrepro.privacy import DPTrainer
 
     g = torch.Generator().manual_seed(0)
-    data = ClientData(0, torch.randn(args.samples, 3, 32, 32, generator=g), torch.randint(0, 10, (args.samples,), generator=g),
-                      torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.long))
+    data = ClientData(0, torch.randn(args.samples, 3, 32, 32, generator=g).to(device),
+                      torch.randint(0, 10, (args.samples,), generator=g).to(device),
+                      torch.empty(0, 3, 32, 32, device=device), torch.empty(0, dtype=torch.long, device=device))
     steps = -(-args.samples // args.batch)
     ratio = float("nan")
     for name in args.models:
         torch.manual_seed(0)
-        model = build_model(name)
+        model = build_model(name).to(device)
         initial = {k: v.clone() for k, v in model.state_dict().items()}
-        config = FedAvgConfig(rounds=1 + 2 * args.repeats, batch_size=args.batch, seed=0)
+        config = FedAvgConfig(rounds=1 + 2 * args.repeats, batch_size=args.batch, seed=0, device=str(device))
         trainers = {"non-private": StandardTrainer(), "DP-SGD": DPTrainer(noise_multiplier=1.0, max_grad_norm=1.0)}
         seconds: dict[str, list[float]] = {k: [] for k in trainers}
         round_ = 0
@@ -56,15 +59,15 @@ def main() -> None:
             for label, trainer in trainers.items():
                 model.load_state_dict(initial)
                 round_ += 1
-                started = time.perf_counter()
+                started = clock(device)
                 trainer(model, data, config, round_)
                 if repeat > 0:  # the first pass of each is a warm-up
-                    seconds[label].append((time.perf_counter() - started) / steps)
+                    seconds[label].append((clock(device) - started) / steps)
         plain, private = min(seconds["non-private"]), min(seconds["DP-SGD"])
         ratio = private / plain
         print(f"{name:>8}: non-private {1000 * plain:8.1f} ms/step, DP-SGD {1000 * private:8.1f} ms/step "
               f"-> {ratio:.1f}x  ({steps} steps of batch {args.batch}, best of {args.repeats})")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(describe(device))
     print(f"overhead {ratio:.1f}x")
 
 

@@ -8,7 +8,7 @@ weights; the first round of each is reported separately as start-up.
 
 Run on an idle machine (with 2 threads on 2 cores any other load slows torch many times):
 
-    python benchmarks/fedavg_speed.py [--rounds 4] [--repeats 2]
+    python benchmarks/fedavg_speed.py [--rounds 4] [--repeats 2] [--device cuda]
 
 The last line is the ratio of median steady-state seconds per round, plain / simulator, over
 alternating blocks (the machine's speed drifts; alternating exposes both sides to it).
@@ -22,6 +22,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import add_device_argument, clock, describe, resolve_device
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrepro.data import load_federated
@@ -29,17 +30,19 @@ from fedrepro.fl import FedAvgConfig, evaluate, run_fedavg
 from fedrepro.models import build_model
 
 
-def plain_fedavg(model: torch.nn.Module, data, rounds: int, seed: int) -> tuple[list[float], float, float]:
-    """The naive loop. Returns (seconds per round, start-up seconds, final accuracy)."""
-    started = time.perf_counter()
-    x, y = data.train.tensors()
-    clients = [TensorDataset(x[s.train], y[s.train]) for s in data.splits]
-    x_test, y_test = data.test.tensors()
-    startup = time.perf_counter() - started
+def plain_fedavg(model: torch.nn.Module, data, rounds: int, seed: int,
+                 device: torch.device) -> tuple[list[float], float, float]:
+    """The naive loop (all data on ``device``). Returns (seconds per round, start-up seconds, final accuracy)."""
+    started = clock(device)
+    model.to(device)
+    x, y = data.train.tensors(device)
+    clients = [TensorDataset(x[s.train.to(device)], y[s.train.to(device)]) for s in data.splits]
+    x_test, y_test = data.test.tensors(device)
+    startup = clock(device) - started
     g = torch.Generator().manual_seed(seed)
     times = []
     for _ in range(rounds):
-        t = time.perf_counter()
+        t = clock(device)
         states, sizes = [], []
         for dataset in clients:
             local = copy.deepcopy(model)
@@ -53,7 +56,7 @@ def plain_fedavg(model: torch.nn.Module, data, rounds: int, seed: int) -> tuple[
         total = sum(sizes)
         model.load_state_dict({k: sum(s[k] * (n / total) for s, n in zip(states, sizes)) for k in states[0]})
         evaluate(model, x_test, y_test)
-        times.append(time.perf_counter() - t)
+        times.append(clock(device) - t)
     return times, startup, evaluate(model, x_test, y_test)[1]
 
 
@@ -63,22 +66,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="alternate plain and simulator blocks this many times, so drifting load hits both")
     parser.add_argument("--seed", type=int, default=0)
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = resolve_device(args.device)
 
     data = load_federated("cifar10", 10, args.seed, val_fraction=0.1)
     torch.manual_seed(args.seed)
     initial = build_model("cnn")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {data.describe()}")
+    print(f"{describe(device)}; {data.describe()}")
 
     def steady(times: list[float]) -> list[float]:
         return times[1:] if len(times) > 1 else times
 
     plain_steady, ours_steady = [], []
     for repeat in range(args.repeats):
-        plain_times, plain_startup, plain_acc = plain_fedavg(copy.deepcopy(initial), data, args.rounds, args.seed)
+        plain_times, plain_startup, plain_acc = plain_fedavg(copy.deepcopy(initial), data, args.rounds, args.seed,
+                                                                device)
         t = time.perf_counter()
         result = run_fedavg(copy.deepcopy(initial), data.train, data.test, data.splits,
-                            FedAvgConfig(rounds=args.rounds, seed=args.seed, device="cpu"), progress=False)
+                            FedAvgConfig(rounds=args.rounds, seed=args.seed, device=str(device)), progress=False)
         ours_times = [h["seconds"] for h in result.history]
         plain_steady += steady(plain_times)
         ours_steady += steady(ours_times)

@@ -12,15 +12,15 @@ with ``create_graph=True`` one victim at a time, as Geiping et al.'s ``loss_step
 
     python benchmarks/inversion_speed.py [--victims 64 --iterations 100 --model cnn-cvb --threads 2]
     python benchmarks/inversion_speed.py --model cnn --local-steps 5 --victims 16 --iterations 20
+    python benchmarks/inversion_speed.py --device cuda --victims 256       # both sides on the GPU
 
 Timings are only meaningful on an otherwise idle machine (other load slows small torch ops 25-50x).
 """
 from __future__ import annotations
 
 import argparse
-import time
-
 import torch
+from common import add_device_argument, clock, describe, resolve_device
 
 from fedrepro.attacks import LocalTraining, ServerView, client_update
 from fedrepro.fl import model_loss
@@ -52,8 +52,9 @@ def loop_attack(view: ServerView, labels: torch.Tensor, starts: torch.Tensor, it
                 tv_weight: float) -> torch.Tensor:
     """One victim after another, written as the reference inverting-gradients code does it."""
     model = view.model
-    mean = torch.tensor(view.mean).view(1, -1, 1, 1)
-    std = torch.tensor(view.std).view(1, -1, 1, 1)
+    device = next(model.parameters()).device
+    mean = torch.tensor(view.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(view.std, device=device).view(1, -1, 1, 1)
     low, high = -mean / std, (1 - mean) / std
     results = []
     for victim in range(view.num_victims):
@@ -95,41 +96,44 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=0,
                         help="0: attack single gradients; K: attack model updates after K local SGD steps")
     parser.add_argument("--local-lr", type=float, default=0.1, help="local learning rate with --local-steps")
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(args.seed)
     data = load_dataset("cifar10", "train")
     index = subsample(len(data), args.victims, args.seed)
-    images, labels = data.normalize(data.images[index]), data.labels[index]
+    images, labels = data.normalize(data.images[index]).to(device), data.labels[index].to(device)
     if args.model == "cnn-cvb":
         model = add_cvb(build_model("cnn")).train()
     else:
         model = build_model(args.model, in_channels=3, num_classes=10, image_size=32).eval()
+    model = model.to(device)
     local = LocalTraining(steps=args.local_steps, lr=args.local_lr) if args.local_steps else None
     view = ServerView(model, client_update(model, images, labels, local=local), 1, (3, 32, 32), data.mean, data.std,
                       labels[:, None], kind="update" if local else "gradient", local=local)
     config = ATTACKS.get("ig_multistep" if local else "ig")(max_iterations=args.iterations)
     victims = torch.arange(args.victims)
     starts = _initial(view, config, victims, torch.zeros_like(victims), args.seed, 10, torch.float32,
-                      torch.device("cpu")).view(args.victims, 1, 3, 32, 32)
+                      device).view(args.victims, 1, 3, 32, 32)
     shared_what = f"updates after {args.local_steps} local steps (lr {args.local_lr:g})" if local else "gradients"
     print(f"{args.victims} CIFAR-10 victims, model {args.model} (untrained), IG settings on {shared_what}, "
-          f"{args.iterations} iterations, {torch.get_num_threads()} threads")
+          f"{args.iterations} iterations; {describe(device)}")
 
     invert(view.select([0]), config.replace(max_iterations=2), progress=False)  # warm-up (allocator, kernels)
-    start = time.perf_counter()
+    start = clock(device)
     batched = invert(view, config, seed=args.seed, chunk_size=args.victims, progress=False)
-    batched_time = time.perf_counter() - start
+    batched_time = clock(device) - start
 
-    start = time.perf_counter()
+    start = clock(device)
     looped = loop_attack(view, labels[:, None], starts, args.iterations, config.lr, config.tv_weight)
-    loop_time = time.perf_counter() - start
+    loop_time = clock(device) - start
 
-    originals = data.denormalize(images)
-    loop_ssim = ssim(originals, data.denormalize(looped.flatten(0, 1))).mean()
-    batched_ssim = ssim(originals, batched.denormalized()).mean()
+    originals = data.denormalize(images.cpu())
+    loop_ssim = ssim(originals, data.denormalize(looped.flatten(0, 1).cpu())).mean()
+    batched_ssim = ssim(originals, batched.denormalized().cpu()).mean()
     per = args.victims * args.iterations
     print(f"per-image loop: {loop_time:8.2f} s  {1e3 * loop_time / per:.3f} ms per victim-iteration  "
           f"mean SSIM {loop_ssim:.3f}")
@@ -140,8 +144,10 @@ def main() -> None:
     with torch.profiler.profile() as profiler:
         invert(view, config.replace(max_iterations=profile_iterations), seed=args.seed, chunk_size=args.victims,
                progress=False)
-    print(f"\nwhere the batched engine spends its time ({profile_iterations} iterations, top operators by self CPU):")
-    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    where = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nwhere the batched engine spends its time ({profile_iterations} iterations, top operators by {where}):")
+    print(profiler.key_averages().table(sort_by=where, row_limit=12))
+    print(f"{args.victims * args.iterations / batched_time:.0f} victim-iterations per second batched")
     print(f"speedup {loop_time / batched_time:.1f}x")
 
 

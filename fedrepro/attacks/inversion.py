@@ -41,7 +41,7 @@ from fedrepro.attacks.optim import (BatchedAdam, BatchedLBFGS, BatchedSGD, Plate
 from fedrepro.attacks.threat import ServerView, ThreatModelError
 from fedrepro.runtime import generator
 
-OPTIMIZERS = ("adam", "sgd", "lbfgs")
+INVERSION_OPTIMIZERS = ("adam", "sgd", "lbfgs")
 INITS = ("gaussian", "uniform", "pattern")
 LABEL_STRATEGIES = ("known", "idlg", "joint")
 SCHEDULES = ("none", "step", "plateau")
@@ -90,7 +90,7 @@ class AttackConfig:
     observation: str = "any"
 
     def __post_init__(self) -> None:
-        checks = {"distance": (self.distance, tuple(DISTANCES)), "optimizer": (self.optimizer, OPTIMIZERS),
+        checks = {"distance": (self.distance, tuple(DISTANCES)), "optimizer": (self.optimizer, INVERSION_OPTIMIZERS),
                   "init": (self.init, INITS), "labels": (self.labels, LABEL_STRATEGIES),
                   "schedule": (self.schedule, SCHEDULES), "observation": (self.observation, OBSERVATIONS)}
         for key, (value, allowed) in checks.items():
