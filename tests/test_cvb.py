@@ -3,19 +3,26 @@ gradient, gradient defenses in training, and that the CVB lowers IG's SSIM on an
 from __future__ import annotations
 
 import copy
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from fedrepro.attacks import DefendedStep, client_update
 from fedrepro.attacks.ignore import default_ignore, ignored_parameters, matched_layers
-from fedrepro.data import DatasetNotFoundError, FederatedData, load_dataset
-from fedrepro.data import federated_split
+from fedrepro.data import DatasetNotFoundError, FederatedData, federated_split
 from fedrepro.defenses import DPSGD
 from fedrepro.defenses.variational import CVB, PublicCodeCVB, bottlenecks, decoder_name
+from fedrepro.fl import ClientData, FedAvgConfig, StandardTrainer
 from fedrepro.papers import p04_cvb as cvb
-from fedrepro.fl import ClientData, FedAvgConfig, StandardTrainer, model_loss
 from fedrepro.results import Report, paper_values
+from fedrepro.runner import notebook_parameters, tier_parameters
+from fedrepro.sweep import SweepSpec
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "notebooks" / "04_cvb.ipynb"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -176,12 +183,19 @@ def test_pruning_during_training_moves_only_the_kept_weights():
 
 
 def test_dp_training_round_runs_with_the_victims_defense(cifar10):
+    """A DP round starts from the same weights as an undefended one and ends elsewhere: the clipped, noised
+    step is the one applied (a DP defense that was silently skipped would end on the undefended weights)."""
     test = cifar10.subset(list(range(0, 50000, 500)))
     splits = federated_split(cifar10.labels, 2, seed=0, samples_per_client=40)
     data = FederatedData(cifar10, test, splits)
-    run = cvb.train_model("cnn", "dp:sigma0.01", data, FedAvgConfig(rounds=1, batch_size=20, workers=1), progress=False)
-    assert run.rounds == 1 and 0 <= run.accuracy <= 100
+    config = FedAvgConfig(rounds=1, batch_size=20, workers=1)
+    run = cvb.train_model("cnn", "dp:sigma0.01", data, config, progress=False)
+    plain = cvb.train_model("cnn", "none", data, config, progress=False)
+    assert isinstance(run, cvb.DefendedRun) and run.rounds == 1
+    assert run.accuracy == pytest.approx(100 * run.result.best_accuracy)
+    assert torch.equal(run.initial.layers.conv1.weight, plain.initial.layers.conv1.weight)
     assert not torch.equal(run.initial.layers.conv1.weight, run.model.layers.conv1.weight)
+    assert not torch.equal(run.model.layers.conv1.weight, plain.model.layers.conv1.weight)
 
 
 # Measured (untrained CNN, seed 0, 4 victims of client 0 of a 10-client split, 200 iterations of paper 04's
@@ -239,9 +253,15 @@ def test_figures_render_from_rows_and_leakages():
     found = cvb.Leakage("x", "ig", "none", np.array([0.9, 0.2, 0.6]), np.zeros(3), np.zeros(3), images, images,
                         torch.ones(3), 0.0)
     assert found.asr == pytest.approx(100 * 2 / 3)
-    cvb_plots.reconstruction_grid([found, found], ["a", "b"], count=2)
-    cvb_plots.plot_ssim_spread([found], ["a"])
-    cvb_plots.plot_gradient_stochasticity({"m": {"a.weight": 1.0, "a.bias": 1.0, "dec.decoder.weight": 0.1}})
+    fig = cvb_plots.reconstruction_grid([found, found], ["a", "b"], count=2)
+    assert len(fig.axes) == 3 * 2  # originals and two settings, two victims each
+    grids = cvb_plots.reconstruction_grids({"mnist": ([found], ["a"]), "cifar10": ([found], ["b"])}, count=3,
+                                           title="Figure 10", tier="smoke")
+    assert [g._suptitle.get_text() for g in grids] == ["Figure 10: mnist (smoke tier)", "Figure 10: cifar10 (smoke tier)"]
+    fig = cvb_plots.plot_ssim_spread([found], ["a"])
+    assert [t.get_text() for t in fig.axes[0].texts] == ["ASR 67%"]
+    fig = cvb_plots.plot_gradient_stochasticity({"m": {"a.weight": 1.0, "a.bias": 1.0, "dec.decoder.weight": 0.1}})
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "dec.decoder"]  # weights only
 
 
 def test_table_vi_offline_fails_before_training_with_how_to_provide_the_data(monkeypatch):
@@ -253,3 +273,143 @@ def test_table_vi_offline_fails_before_training_with_how_to_provide_the_data(mon
     with pytest.raises(DatasetNotFoundError, match="(?s)'bloodmnist'.*no internet.*FEDREPRO_DATA"):
         cvb.table_vi(study, {"cifar10": "cvb", "bloodmnist": "cvb"})
     assert study._trained == {} and study._leakage == {}  # the available dataset before it was not trained
+
+
+# --- the notebook's parameters and sections -----------------------------------------------------
+
+def _parameter_sets() -> list[dict]:
+    """The parameters cell, each tier's overrides on it, and each sweep point's on its tier."""
+    defaults = notebook_parameters(NOTEBOOK)
+    sets = [defaults] + [defaults | tier_parameters(NOTEBOOK, tier) for tier in ("quick", "paper")]
+    for path in (REPO / "parameters" / "sweeps").glob("04_cvb_*.yaml"):
+        spec = SweepSpec.from_yaml(path)
+        sets += [defaults | tier_parameters(NOTEBOOK, spec.tier) | point for point in spec.expand()]
+    return sets
+
+
+def test_every_tier_and_sweep_is_valid_and_recorded_whole():
+    """Every parameter of the cell is a field, so results.json identifies its run, and every parameter set
+    the runner can produce passes validation."""
+    sets = _parameter_sets()
+    assert len(sets) > 3
+    for values in sets:
+        params = cvb.NotebookParameters(**values)
+        assert dataclasses.asdict(params) == values
+    assert {f.name for f in dataclasses.fields(cvb.NotebookParameters)} == set(sets[0])
+
+
+def test_parameters_map_onto_the_study_config():
+    params = cvb.NotebookParameters(**notebook_parameters(NOTEBOOK))
+    config = params.study_config()
+    assert (config.rounds, config.victims, config.max_iterations, config.lbfgs_iterations) == (1, 2, 100, 100)
+    assert config.accuracy_seeds == () and config.samples_per_client == 100 and config.test_samples == 500
+    paper = cvb.NotebookParameters().study_config()  # the dataclass's defaults are the paper's protocol
+    assert (paper.rounds, paper.patience, paper.victims, paper.max_iterations) == (300, 40, 128, 20_000)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"tier": "fast"}, "tier='fast'; choose one of smoke, quick, paper"),
+    ({"tables": ["II", "VII"]}, r"unknown tables \['VII'\]; choose from: I, II"),
+    ({"tables": "II"}, "tables must be a list of names, got 'II'"),
+    ({"datasets": ["svhn"]}, r"unknown datasets \['svhn'\]; choose from: cifar10"),
+    ({"attack_state": "final"}, "attack_state='final'; choose one of initial, trained"),
+    ({"victims": 0}, "victims must be an integer >= 1, got 0"),
+    ({"rounds": 2.5}, "rounds must be an integer >= 1, got 2.5"),
+    ({"patience": 0}, "patience must be an integer >= 1 or None, got 0"),
+    ({"accuracy_seeds": [1, -2]}, "each of accuracy_seeds must be an integer >= 0, got -2"),
+    ({"tv_weight": -0.1}, "tv_weight must be a number >= 0, got -0.1"),
+    ({"table3_attacks": ["dlg"]}, r"unknown table3_attacks \['dlg'\]; choose from: ig, idlg, cpl"),
+    ({"table4_defenses": ["none", "dropout"]}, "table4_defenses: unknown defense 'dropout'"),
+    ({"table2_extra": ["cvb:q3"]}, "table2_extra: .*takes P, k, s, beta, kl"),
+    ({"table5_models": {"vgg": "cvb"}}, r"unknown models of table5_models \['vgg'\]"),
+    ({"table6_datasets": {"bloodmnist": 3}}, "table6_datasets: a defense is a spec string"),
+    ({"figure9_panels": ["K"]}, r"unknown figure9_panels \['K'\]; choose from: P, k, s, beta"),
+    ({"device": "gpu"}, "device='gpu'; use 'auto', 'cpu'"),
+    ({"results_dir": ""}, "results_dir must be a folder path"),
+])
+def test_invalid_parameters_are_named_with_their_valid_values(change, message):
+    with pytest.raises(ValueError, match=message):
+        cvb.NotebookParameters(**change)
+
+
+class FakeStudy:
+    """Records which settings a section asks for, and answers with the arguments it got."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.config = SimpleNamespace(seed=0)
+
+    def leakage(self, dataset, model_name, defense, attack="ig", ignore="auto"):
+        self.calls.append((dataset, model_name, defense, attack, ignore))
+        return self.calls[-1]
+
+    def parameters(self, model_name, defense, dataset="cifar10"):
+        self.calls.append((model_name, defense))
+        return {"defense": defense, "parameters": 100, "added": 10, "percent": 150.0 if "precode" in defense else 9.9}
+
+
+def test_figures_7_and_10_ask_for_each_setting_in_the_papers_order():
+    study = FakeStudy()
+    leakages, labels = cvb.figure_7(study, ["cvb", "cvb:klcode"])
+    assert [c[2] for c in leakages] == ["none", "precode:P3", "precode:P2", "precode:P1", "cvb", "cvb:klcode"]
+    assert labels == ["none (IG)", "PRECODE P=3", "PRECODE P=2", "PRECODE P=1", "cvb", "cvb:klcode"]
+    study.calls.clear()
+    grids = cvb.figure_10(study, ["mnist", "cifar10"], {"cnn": "cvb", "vit": "cvb:k3"})
+    assert list(grids) == ["mnist", "cifar10"]
+    assert grids["mnist"][1] == ["cnn none", "cnn CVB", "vit none", "vit CVB"]
+    assert [c[:3] for c in study.calls[:4]] == [("mnist", "cnn", "none"), ("mnist", "cnn", "cvb"),
+                                                ("mnist", "vit", "none"), ("mnist", "vit", "cvb:k3")]
+    assert len(study.calls) == 8
+
+
+def test_row_leakages_use_each_rows_attack_and_subset():
+    rows = [{"dataset": "cifar10", "model": "cnn", "defense": "precode:P3", "attack": "ig", "ignore": "decoder",
+             "label": "P = 3: dropping decoder"},
+            {"dataset": "mnist", "model": "cnn", "defense": "cvb", "attack": "cpl", "ignore": "auto", "label": 7}]
+    leakages, labels = cvb.row_leakages(FakeStudy(), rows)
+    assert leakages == [("cifar10", "cnn", "precode:P3", "ig", "decoder"), ("mnist", "cnn", "cvb", "cpl", "auto")]
+    assert labels == ["P = 3: dropping decoder", "7"]
+
+
+def test_parameter_listing_counts_every_setting_exactly():
+    study = cvb.Study(cvb.StudyConfig(progress=False))
+    listing = cvb.parameter_listing(study, {"cnn": ("none", "precode:P1", "cvb")}).splitlines()
+    assert listing[0].split() == ["cnn", "none", "65,962", "parameters", "(+0,", "+0.000", "%)"]
+    assert listing[1].split()[1:5] == ["precode:P1", "141,226", "parameters", "(+75,264,"]
+    assert listing[2].split()[1:5] == ["cvb", "72,490", "parameters", "(+6,528,"]
+    assert sum(len(d) for d in cvb.PARAMETER_SETTINGS.values()) == 13
+
+
+def test_central_claims_pass_and_fail_on_the_measured_rows():
+    def row(defense, ssim, asr, accuracy):
+        return {"dataset": "cifar10", "model": "cnn", "defense": defense, "ssim": ssim, "asr": asr, "accuracy": accuracy}
+
+    held = cvb.central_claims(FakeStudy(), [row("none", 0.8, 95.0, 60.0), row("cvb", 0.2, 0.0, 61.0),
+                                            row("cvb:klcode", 0.6, 40.0, 50.0)], ["cvb", "cvb:klcode", "dp"])
+    lines = held.splitlines()
+    assert lines[0].endswith(":") and lines[4].endswith(":")  # one block per CVB, none for dp
+    assert [line.strip()[0] for line in lines[1:4]] == ["✔", "✔", "✔"]
+    assert [line.strip()[0] for line in lines[5:8]] == ["✔", "✘", "✘"]
+    assert lines[-1].startswith("✔ PRECODE at P = 1 adds 150.0 % parameters, the CVB at P = 1 9.9 %")
+    with pytest.raises(KeyError):  # no undefended row measured: nothing to compare with
+        cvb.central_claims(FakeStudy(), [row("cvb", 0.2, 0.0, 61.0)], ["cvb"])
+
+
+def test_figure_9_tables_one_per_panel():
+    panels = {title: [{"label": tick, "accuracy": 60.0, "ssim": 0.2, "asr": 0.0} for tick, _ in settings]
+              for title, settings in cvb.FIGURE_9.values()}
+    text = cvb.figure_9_tables(panels, None, "smoke")
+    assert [line for line in text.splitlines() if line.startswith("**")] == [
+        f"**Figure 9: {title}**" for title in panels]
+
+
+def test_stochasticity_panels_probe_the_first_victim_of_each_setting():
+    model = cvb.build_defended_model("cnn", "none")
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([3, 5])
+    study = SimpleNamespace(config=SimpleNamespace(seed=0), victims=lambda dataset: SimpleNamespace(
+        images=images, labels=labels), initial_model=lambda dataset, model_name, defense: cvb.build_defended_model(
+        model_name, defense))
+    panels = cvb.stochasticity_panels(study, {"plain": "none", "CVB": "cvb"}, draws=3)
+    assert list(panels) == ["plain", "CVB"]
+    assert panels["plain"] == cvb.gradient_stochasticity(model, images[0], labels[0], draws=3)
+    assert panels["CVB"]["layers.relu1.1.decoder.weight"] < 0.9

@@ -1,20 +1,34 @@
-"""Notebook 03's experiment rows: victims, training snapshots, augmentation, defenses, claim checks."""
+"""Notebook 03's protocol: parameters, victims, training snapshots, defenses, rows, keys, the study, claims."""
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from fedrepro import metrics
 from fedrepro.attacks.victims import pick_victims
+from fedrepro.augment import CropFlip
 from fedrepro.data import ImageDataset
-from fedrepro.papers.p03_inversion import (CropFlip, InversionRow, attack_options, attack_row, build_paper_model,
-                                            check_decreasing, check_order, check_recovered, check_spread,
-                                            claims_table, defense_explorer, defense_label, make_defense, per_model,
-                                            reconstruction_grid, results_table, train_snapshots,
+from fedrepro.defenses import DEFENSES
+from fedrepro.defenses.spec import Defense
+from fedrepro.papers.p03_inversion import (InversionParams, InversionRow, InversionStudy, attack_options, attack_row,
+                                            baseline_key, build_paper_model, check_decreasing, check_order,
+                                            check_recovered, check_spread, claim_checks, claim_scores, claims_table,
+                                            defense_explorer, defense_key, defense_label, multistep_key,
+                                            noise_defense, per_model, prune_defense, reconstruction_grid,
+                                            results_table, state_key, train_snapshots, training_grids,
                                             training_states, training_steps)
 from fedrepro.models import build_model
+from fedrepro.results import Report
+from fedrepro.runner import notebook_parameters, tier_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "03_inversion.ipynb"
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -88,12 +102,41 @@ def test_training_states_share_one_run():
 
 
 def test_defenses_use_the_slides_parametrisation():
-    assert make_defense(None) is None and make_defense("none") is None
-    assert make_defense("gaussian", 1e-2).std == pytest.approx(0.1)  # σ² is the variance
-    assert make_defense("prune", 0.75).ratio == 0.75
-    assert defense_label("gaussian", 0.1) == "σ² = 0.1" and defense_label("prune", 0.25) == "pruned 25%"
-    with pytest.raises(ValueError, match="unknown defense"):
-        make_defense("blur", 1.0)
+    assert noise_defense(1e-2).gradient_defense().std == pytest.approx(0.1)  # σ² is the variance
+    assert prune_defense(0.75) == Defense.parse("gc:p0.75") and prune_defense(0.75).gradient_defense().ratio == 0.75
+    assert defense_label(noise_defense(0.1)) == "σ² = 0.1" and defense_label(prune_defense(0.25)) == "pruned 25%"
+    assert defense_label(Defense.parse("none")) == "no defense"
+    assert defense_label(Defense.of("gaussian", std=0.1)) == "gaussian:std0.1"  # not the slides' σ²
+    with pytest.raises(ValueError, match="non-negative"):
+        noise_defense(-1.0)
+
+
+@pytest.mark.parametrize("variance", [0.01, 0.1, 1.0, 10.0, 3])
+def test_noise_defense_draws_what_the_variance_parametrisation_drew(variance):
+    """Bit-identical to the removed ``make_defense("gaussian", σ²)``: std = sqrt(σ²), same draws."""
+    grads = {"w": torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1)), "b": torch.ones(2, 4)}
+    new = noise_defense(variance).gradient_defense()(grads, generator=torch.Generator().manual_seed(7))
+    old = DEFENSES.get("gaussian")(std=math.sqrt(variance))(grads, generator=torch.Generator().manual_seed(7))
+    assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in grads)
+    assert not torch.equal(new["w"], grads["w"])
+    pruned = prune_defense(0.5).gradient_defense()(grads)
+    expected = DEFENSES.get("prune")(ratio=0.5)(grads)
+    assert all(torch.equal(pruned[k], expected[k]) for k in grads) and (pruned["w"] == 0).sum() == 2 * 7
+
+
+def test_result_keys_are_those_of_the_published_runs():
+    assert state_key("cnn", "trained, no augmentation") == "training/cnn/trained_no_augmentation"
+    assert state_key("resnet18", "partially trained") == "training/resnet18/partially_trained"
+    assert baseline_key("cnn") == "defenses/cnn/none"
+    assert defense_key("noise", "cnn", noise_defense(0.01)) == "noise/cnn/0.01"
+    assert defense_key("noise", "cnn", noise_defense(10)) == "noise/cnn/10"
+    assert defense_key("pruning", "cnn", prune_defense(0.25)) == "pruning/cnn/0.25"
+    with pytest.raises(ValueError, match="not one of paper 03's defenses"):
+        defense_key("noise", "cnn", Defense.of("gaussian", std=0.1))
+    gradient, update = row("gradient", [1.0]), row("update", [1.0])
+    gradient.info, update.info = dict(steps=0, lr=None), dict(steps=5, lr=0.01)
+    assert multistep_key("cnn", gradient) == "multistep/cnn/gradient"
+    assert multistep_key("cnn", update) == "multistep/cnn/update_K5_lr0.01"
 
 
 def test_attack_row_measures_every_victim_and_noise_hurts():
@@ -105,7 +148,7 @@ def test_attack_row_measures_every_victim_and_noise_hurts():
     clean = attack_row(model, data.images[victims], data.labels[victims], data, experiment="noise",
                        setting="no defense", attack_options=options, progress=False)
     noisy = attack_row(model, data.images[victims], data.labels[victims], data, experiment="noise",
-                       setting="σ² = 1", attack_options=options, defense=make_defense("gaussian", 1.0),
+                       setting="σ² = 1", attack_options=options, defense=noise_defense(1.0).gradient_defense(),
                        progress=False)
     assert clean.victims == 2 and clean.reconstructions.shape == (2, 3, 32, 32)
     assert clean.originals.min() >= 0 and clean.originals.max() <= 1
@@ -152,8 +195,137 @@ def test_claim_checks():
     assert check_decreasing("k", "falls", [a, c, b], tolerance=5.0).holds
     assert check_spread("k", "a spreads more", a, b).holds
     assert check_recovered("k", "recovered", c).holds and not check_recovered("k", "recovered", a).holds
-    assert math.isclose(float(np.mean(a.psnr)), 21.0)
     assert "**no**" in claims_table([check_order("k", "b beats a", b, a)])
+
+
+def test_row_summary_of_known_reconstructions():
+    """PSNR from reconstructions off by a known constant: 0.1 -> MSE 1e-2 -> 20 dB, 0.01 -> 40 dB."""
+    originals = 0.2 + 0.6 * torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    reconstructions = originals + torch.tensor([0.1, 0.01]).view(2, 1, 1, 1)
+    scores = metrics.reconstruction_metrics(originals, reconstructions)
+    known = InversionRow("noise", "σ² = 1", originals, reconstructions, scores["mse"], scores["psnr"], scores["ssim"],
+                         np.zeros(2), 3.0)
+    summary = known.summary()
+    assert summary["psnr_mean"] == pytest.approx(30.0, abs=1e-3)
+    assert summary["psnr_std"] == pytest.approx(10.0, abs=1e-3)
+    assert summary["mse_mean"] == pytest.approx((1e-2 + 1e-4) / 2, rel=1e-4)
+    assert summary["asr"] == float(np.mean(scores["ssim"] >= 0.5))
+    assert "| 30.00 ± 10.00 |" in results_table([known]) and known.captions()[1].startswith("40.0 dB")
+
+
+def training_row(model: str, state: str, psnr: list[float]) -> InversionRow:
+    made = row(f"{model}: {state}", psnr, [0.6 if p > 15 else 0.1 for p in psnr])
+    made.info = dict(model=model)
+    return made
+
+
+def test_claim_checks_read_each_claim_from_the_right_rows():
+    rows = {
+        "training": [training_row("cnn", "untrained", [25, 23]), training_row("cnn", "partially trained", [20, 20]),
+                     training_row("cnn", "trained", [15, 15]),
+                     training_row("cnn", "trained, no augmentation", [14, 14]),
+                     training_row("resnet18", "untrained", [9, 9]),
+                     training_row("resnet18", "partially trained", [8, 8]),
+                     training_row("resnet18", "trained", [12, 12])],
+        "architectures": [training_row("resnet18", "trained", [10, 12]), training_row("resnet50", "trained", [9, 20])],
+        "noise": [row("no defense", [20]), row("σ² = 0.01", [15]), row("σ² = 1", [15.3]), row("σ² = 10", [8])],
+        "pruning": [row("no defense", [20]), row("pruned 25%", [19]), row("pruned 75%", [21])],
+    }
+    checks = claim_checks(rows, ["cnn", "resnet18"], "cnn", tolerance=0.5)
+    scores = claim_scores(checks)
+    assert scores == {"claim/recovery": 0.5,  # cnn untrained has a victim with SSIM >= 0.5, resnet18 none
+                      "claim/untrained_beats_trained": 0.5,  # holds for cnn, not for resnet18
+                      "claim/untrained_beats_partially_trained": 1.0,
+                      "claim/augmentation_hurts": 0.0,  # cnn without augmentation is worse here
+                      "claim/width_helps": 1.0, "claim/width_spreads": 1.0,
+                      "claim/noise_degrades": 1.0,  # 15 -> 15.3 is within the 0.5 dB tolerance
+                      "claim/noise_destroys": 1.0, "claim/pruning_degrades": 0.0, "claim/pruning_destroys": 0.0}
+    assert [c.statement for c in dict(checks)["claim/untrained_beats_trained"]] == [
+        "untrained reconstructs better than trained (cnn)", "untrained reconstructs better than trained (resnet18)"]
+    assert claim_scores(claim_checks(rows, ["cnn", "resnet18"], "cnn", tolerance=0.1))["claim/noise_degrades"] == 0.0
+    published = yaml.safe_load((REPO / "fedrepro" / "paper_results" / "03.yaml").read_text())
+    assert set(published) <= set(scores)  # every claim the paper file records is measured under its key
+    assert claim_checks({"noise": rows["noise"]}, ["cnn"], "cnn", 0.5)[0][0] == "claim/noise_degrades"
+
+
+def test_params_defaults_are_the_smoke_tier_and_every_tier_validates():
+    cell = notebook_parameters(NOTEBOOK)
+    smoke = {k: v for k, v in cell.items() if k not in ("tier", "results_dir")}
+    assert dataclasses.asdict(InversionParams()) == smoke
+    for tier in ("quick", "paper"):
+        values = {**smoke, **{k: v for k, v in tier_parameters(NOTEBOOK, tier).items() if k != "tier"}}
+        assert dataclasses.asdict(InversionParams(**values)) == values
+    assert InversionParams(experiments=["noise"], defense_model="resnet18").used_models() == ["resnet18"]
+    assert InversionParams().used_models() == ["cnn"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(experiments=["trainig"]), r"unknown experiments \['trainig'\]"),
+    (dict(training_models=["resnet99"]), "unknown training_models"),
+    (dict(defense_state="half trained"), "unknown defense_state"),
+    (dict(defense_state="trained, no augmentation", no_augmentation_models=[]), "needs 'cnn' in no_augmentation"),
+    (dict(batchnorm="frozen"), "batchnorm must be one of"),
+    (dict(noise_variances=[0.1, -1.0]), r"noise_variances must be >= 0 \(σ², a variance\), got \[-1.0\]"),
+    (dict(prune_ratios=[1.5]), r"prune_ratios must be in \[0, 1\]"),
+    (dict(victims={"resnet18": 2}), r"victims has no entry for \['cnn'\]"),
+    (dict(victims={"default": 0}), "victims must be a positive integer"),
+    (dict(iterations=100), "iterations maps model names"),
+    (dict(partial_fraction=1.0), r"partial_fraction must be in \(0, 1\), got 1.0"),
+    (dict(multistep_steps=[0, 5]), "multistep_steps must be positive integers"),
+    (dict(train_samples=0), "train_samples must be a positive integer or None"),
+    (dict(restarts=True), "restarts must be a positive integer"),
+])
+def test_params_refuse_bad_values_by_name(change, message):
+    with pytest.raises(ValueError, match=message):
+        InversionParams(**change)
+
+
+def small_study(experiments: list[str], log: list[str]) -> InversionStudy:
+    params = InversionParams(experiments=experiments, victims={"default": 2}, iterations={"default": 2},
+                             noise_variances=[0.01, 1.0], prune_ratios=[0.5], train_epochs={"default": 1.0},
+                             batch_size=16, multistep_steps=[1, 2], multistep_iterations=2, device="cpu")
+    report = Report("03_inversion", paper="03", tier="smoke", parameters=dataclasses.asdict(params))
+    return InversionStudy(params, report, synthetic(40), synthetic(20, seed=1), synthetic(60, seed=2), log.append)
+
+
+def test_study_records_every_key_and_trains_each_network_once():
+    log: list[str] = []
+    study = small_study(["training", "noise", "pruning", "multistep"], log)
+    assert study.victim_labels.tolist() == [0, 1]  # one per class in turn
+    assert "2 victims: 0, 1" in study.describe_data()
+    training = study.training()
+    noise, pruning, multistep = study.defense("noise"), study.defense("pruning"), study.multistep()
+    claims = study.claims()
+    states = ["untrained", "partially_trained", "trained", "trained_no_augmentation"]
+    expected = [f"training/cnn/{s}/{m}" for s in states for m in ("psnr", "ssim", "accuracy")]
+    expected += [f"{k}/{m}" for k in ("defenses/cnn/none", "noise/cnn/0.01", "noise/cnn/1", "pruning/cnn/0.5",
+                                      "multistep/cnn/gradient", "multistep/cnn/update_K1_lr0.01",
+                                      "multistep/cnn/update_K2_lr0.01") for m in ("psnr", "ssim")]
+    expected += ["claim/recovery", "claim/untrained_beats_trained", "claim/untrained_beats_partially_trained",
+                 "claim/augmentation_hurts", "claim/noise_degrades", "claim/noise_destroys", "claim/pruning_degrades",
+                 "claim/pruning_destroys"]
+    assert list(study.report.metrics) == expected
+    assert len(training) == 4 and [r.setting for r in noise] == [
+        "cnn trained: no defense", "cnn trained: σ² = 0.01", "cnn trained: σ² = 1"]
+    assert pruning[0] is noise[0] and pruning[1].setting == "cnn trained: pruned 50%"
+    # the undefended row is the training experiment's attack on the trained CNN, not a second attack
+    assert np.array_equal(noise[0].psnr, training[2].psnr) and noise[0].experiment == "no defense"
+    assert study.report.metrics["defenses/cnn/none/psnr"] == study.report.metrics["training/cnn/trained/psnr"]
+    assert [r.info["steps"] for r in multistep] == [0, 1, 2] and len(claims) == 8
+    assert study.explorer_rows() == noise + pruning[1:]
+    assert len(log) == 2 and log[0].startswith("cnn: untrained") and log[1] == "cnn (untrained), 1 clients × 2 images"
+    assert len(training_grids(training)) == 1
+    facts = study.network_facts()
+    assert "cnn: 65,962 parameters" in facts and "σ² = 0.01: noise std 0.1 per gradient entry" in facts
+
+
+def test_study_attacks_the_undefended_network_when_training_did_not_run():
+    study = small_study(["pruning"], [])
+    rows = study.defense("pruning")
+    assert [r.setting for r in rows] == ["cnn trained: no defense", "cnn trained: pruned 50%"]
+    assert list(study.states["cnn"]) == ["untrained", "partially trained", "trained", "trained, no augmentation"]
+    assert list(study.report.metrics) == [f"{k}/{m}" for k in ("defenses/cnn/none", "pruning/cnn/0.5")
+                                          for m in ("psnr", "ssim")]
 
 
 def test_defense_explorer_draws_the_default_and_redraws_on_change(monkeypatch):

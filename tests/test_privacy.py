@@ -1,8 +1,12 @@
-"""DP-SGD in the FedAvg client step: clipping strategies, accounting across rounds, refusals, determinism."""
+"""DP-SGD in the FedAvg client step (clipping strategies, accounting across rounds, refusals, determinism)
+and paper 02's protocol built on it (parameters, runs, claim checks, result keys)."""
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +21,12 @@ from fedrepro.models import build_model
 from fedrepro.privacy import (DPIncompatibleModelError, DPTrainer, LayerClippingDPOptimizer, adaptive_thresholds,
                               check_thresholds, clipping_layers, epsilon_for, layer_gradient_magnitudes,
                               noise_for_epsilon, sample_rate, steps_per_epoch, total_threshold, uniform_thresholds)
+from fedrepro.papers import p02_clipping as clip
+from fedrepro.papers.p02_clipping import ClippingParameters, PrivateRun
 from fedrepro.privacy.clipping import clip_factors
+from fedrepro.results import Report, paper_values
+from fedrepro.runner import notebook_parameters, tier_parameters
+from fedrepro.sweep import SweepSpec
 
 PAPER_LIST = [1.2, 1.1, 1.0, 0.5, 0.3]
 
@@ -150,6 +159,7 @@ def test_one_tensor_per_layer_is_exactly_opacus_per_layer_clipping():
         optimizer.step()
         module._close()
         results.append([p.detach().clone() for p in params])
+    assert not any(torch.equal(a, b) for a, b in zip(results[0], tiny_model().parameters()))  # every tensor stepped
     for ours, theirs in zip(*results):
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
@@ -174,6 +184,7 @@ def test_physical_batches_give_the_same_step_as_the_whole_poisson_batch():
         DPTrainer(clipping="per_layer_uniform", max_grad_norm=1.0, noise_multiplier=0.8,
                   physical_batch_size=physical)(model, data, config(), 1)
         states.append(model.state_dict())
+    assert not torch.equal(states[0]["conv1.weight"], tiny_model().conv1.weight)  # the round trained
     for key in states[0]:
         torch.testing.assert_close(states[0][key], states[1][key], rtol=1e-5, atol=1e-6)
 
@@ -211,6 +222,7 @@ def test_channels_last_models_and_batches_get_the_same_dp_step():
     model_b = tiny_model().to(memory_format=torch.channels_last)
     for model, d in ((model_a, data), (model_b, last)):
         DPTrainer(clipping="flat", max_grad_norm=0.1, noise_multiplier=0.5)(model, d, config(), 1)
+    assert not torch.equal(model_a.conv1.weight, tiny_model().conv1.weight)  # the round trained
     for a, b in zip(model_a.parameters(), model_b.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -318,3 +330,209 @@ def test_a_sweep_reads_epsilon_from_the_history_also_with_worker_processes():
     assert one.thresholds == [uniform_thresholds(1.0, 5)] * 2
     assert two.final_accuracy == one.final_accuracy
     assert all(torch.equal(a, b) for a, b in zip(one.model.state_dict().values(), two.model.state_dict().values()))
+
+
+# --- paper 02's protocol (fedrepro.papers.p02_clipping): parameters, runs, claims, keys ---------------
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_clipping.ipynb"
+SWEEP = Path(__file__).resolve().parents[1] / "parameters" / "sweeps" / "02_clipping_seeds.yaml"
+
+
+def cell_parameters(tier: str) -> dict:
+    """The notebook's parameters at ``tier``, as the notebook passes them to ClippingParameters."""
+    values = notebook_parameters(NOTEBOOK) | tier_parameters(NOTEBOOK, tier)
+    return {k: v for k, v in values.items() if k not in ("tier", "results_dir")}
+
+
+@pytest.mark.parametrize("tier", ["smoke", "quick", "paper"])
+def test_every_tier_and_sweep_point_gives_valid_parameters_written_whole(tier):
+    values = cell_parameters(tier)
+    params = ClippingParameters(**values)
+    assert asdict(params) == values  # every name of the parameters cell is a field, each value kept as given
+    written = json.loads(json.dumps(params.report_parameters()))
+    assert {k: written[k] for k in values} == json.loads(json.dumps(values))
+    assert written["optimizer"] == "sgd" and "public batch" in written["adaptive_magnitude"]
+    spec = SweepSpec.from_yaml(SWEEP)
+    points = spec.expand()
+    assert len(points) == 6
+    for point in points:
+        ClippingParameters(**(cell_parameters(spec.tier) | point))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(rounds=0), r"rounds must be an integer ≥ 1, got 0"),
+    (dict(rounds=True), r"rounds must be an integer ≥ 1, got True"),
+    (dict(samples_per_client=0), r"samples_per_client must be an integer ≥ 1 or None, got 0"),
+    (dict(public_samples=0), r"public_samples must be an integer ≥ 1, got 0"),
+    (dict(lr=-0.1), r"lr must be a number in \(0, inf\), got -0.1"),
+    (dict(momentum=1.0), r"momentum must be a number in \[0, 1\), got 1.0"),
+    (dict(delta=1.0), r"delta must be a number in \(0, 1\), got 1.0"),
+    (dict(max_grad_norm=0), r"max_grad_norm must be a number in \(0, inf\), got 0"),
+    (dict(accountant="moments"), r"accountant must be one of rdp, prv; got 'moments'"),
+    (dict(noise_multipliers=[]), r"noise_multipliers must list at least one value > 0"),
+    (dict(noise_multipliers=[1.0, -0.5]), r"each of noise_multipliers must be a number in \(0, inf\), got -0.5"),
+    (dict(noise_multipliers=0.22), r"noise_multipliers must be a list of numbers > 0, got 0.22"),
+    (dict(strategies=["flat", "uniform"]),
+     r"each of strategies must be one of flat, per_layer_adaptive, per_layer_uniform; got 'uniform'"),
+    (dict(strategies=["flat", "flat"]), r"strategies lists a strategy twice"),
+    (dict(strategies="flat"), r"strategies must be a non-empty list from flat, per_layer_adaptive, per_layer_uniform"),
+    (dict(repeat_seeds=[1, -1]), r"each of repeat_seeds must be an integer ≥ 0, got -1"),
+    (dict(clip_only="yes"), r"clip_only must be True or False, got 'yes'"),
+    (dict(paper_layer_list=[], paper_list_noise_multipliers=[0.22]), r"paper_layer_list is empty"),
+    (dict(extension_clients=4), r"extension_noise_multipliers must list at least one value"),
+    (dict(samples_per_client=160, extension_clients=400, extension_noise_multipliers=[2.0]), r"no image per client"),
+    (dict(backend="ray"), r"backend must be one of flower, simulator; got 'ray'"),
+    (dict(model_name="nosuchnet"), r"model_name must be one of .*tanhnet.*; got 'nosuchnet'"),
+    (dict(device="gpu"), r"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got 'gpu'"),
+])
+def test_a_bad_parameter_is_refused_naming_it_and_its_valid_range(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ClippingParameters(**changes)
+
+
+def private_run(strategy: str, sigma: float, accuracy: float, label: str = "2 clients") -> PrivateRun:
+    return PrivateRun(strategy, sigma, 1.0 / sigma if sigma else math.inf, {}, 1e-5, "rdp", accuracy, accuracy, [],
+                      label=label)
+
+
+def sweep_of(table: dict[str, list[float]], sigmas=(2.0, 1.0, 0.22)) -> list[PrivateRun]:
+    return [private_run(strategy, sigma, value) for strategy, values in table.items() for sigma, value in zip(sigmas, values)]
+
+
+def seeds_at_smallest(offsets: list[float], base=(0.40, 0.38, 0.37)) -> list[PrivateRun]:
+    return [private_run(strategy, 0.22, value + offset, f"seed {k}") for k, offset in enumerate(offsets, start=1)
+            for strategy, value in zip(clip.PAPER_ORDER, base)]
+
+
+PAPERLIKE = {"flat": [0.30, 0.35, 0.40], "per_layer_adaptive": [0.29, 0.33, 0.38], "per_layer_uniform": [0.28, 0.32, 0.37]}
+
+
+def test_the_order_claim_needs_gaps_wider_than_the_seed_to_seed_spread():
+    runs = sweep_of(PAPERLIKE)
+    tight = clip.order_claim(runs, seeds_at_smallest([0.002, -0.002]))
+    assert tight.holds and tight.resolved and tight.seeds == 3
+    assert tight.spread == pytest.approx(0.004) and tight.gaps == pytest.approx([0.02, 0.01])
+    assert "holds beyond the seed-to-seed spread 0.004" in tight.text()
+    # the same seed means, but one strategy moves by 0.03 from seed to seed: the gaps are inside the noise
+    loose = clip.order_claim(runs, seeds_at_smallest([0.015, -0.015]))
+    assert loose.holds and not loose.resolved and loose.spread == pytest.approx(0.03)
+    assert "holds, but not beyond" in loose.text()
+    single = clip.order_claim(runs)
+    assert single.holds and not single.resolved and single.spread is None and single.seeds == 1
+    swapped = clip.order_claim(sweep_of({**PAPERLIKE, "per_layer_uniform": [0.3, 0.3, 0.385]}),
+                               seeds_at_smallest([0.001, -0.001], base=(0.40, 0.38, 0.385)))
+    assert not swapped.holds and not swapped.resolved
+    assert swapped.order == ["flat", "per_layer_uniform", "per_layer_adaptive"]
+    assert "does not hold" in swapped.text()
+    # the spread is the one compare_with_paper records as repeats/max_seed_spread
+    assert clip.compare_with_paper(runs, repeats=seeds_at_smallest([0.015, -0.015]))["seed_spread"] == loose.spread
+
+
+def test_kendall_tau():
+    assert clip.kendall_tau([1, 2, 3], [3, 2, 1]) == -1
+    assert clip.kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    assert clip.kendall_tau([1, 2, 3], [5, 5, 5]) == 0
+    assert math.isnan(clip.kendall_tau([1], [1]))
+
+
+def test_accuracy_rises_as_noise_falls_only_beyond_the_spread():
+    runs = sweep_of({"flat": [0.30, 0.35, 0.40], "per_layer_adaptive": [0.33, 0.33, 0.33],
+                     "per_layer_uniform": [0.34, 0.33, 0.35]})
+    trends = {t.strategy: t for t in clip.noise_trends(runs)}
+    assert trends["flat"].holds and trends["flat"].tau == -1 and trends["flat"].gain == pytest.approx(0.10)
+    assert trends["flat"].sigmas == (2.0, 0.22) and trends["flat"].accuracies == (0.30, 0.40)
+    assert not trends["per_layer_adaptive"].holds and trends["per_layer_adaptive"].tau == 0
+    assert trends["per_layer_uniform"].holds  # +0.01 and τ < 0, with no spread to compare with
+    noisy = {t.strategy: t for t in clip.noise_trends(runs, spread=0.03)}
+    assert noisy["flat"].holds and not noisy["per_layer_uniform"].holds
+    assert "does not clearly rise" in noisy["per_layer_uniform"].text()
+    summary = clip.claims_summary(clip.order_claim(runs), list(noisy.values()))
+    assert summary["accuracy_rises_as_noise_falls"] == {"flat": True, "per_layer_adaptive": False,
+                                                        "per_layer_uniform": False}
+    assert clip.noise_trends(sweep_of(PAPERLIKE, sigmas=(0.22,))) == []  # one σ: no trend to judge
+
+
+def test_the_result_keys_are_the_papers_and_record_results_fills_them():
+    paper_keys = {key for paper, key in paper_values() if paper == "02"}
+    assert paper_keys == {clip.final_key(s) for s in clip.PAPER_ORDER} | {clip.MAX_EPSILON}
+    params = ClippingParameters(noise_multipliers=[2.0, 1.0, 0.22], paper_list_noise_multipliers=[0.22], clip_only=True,
+                                repeat_seeds=[1, 2], extension_clients=4, extension_noise_multipliers=[2.0, 0.22])
+    runs = sweep_of(PAPERLIKE)
+    repeats = seeds_at_smallest([0.015, -0.015])
+    list_runs = [private_run("per_layer", 0.22, 0.36, "paper's list")]
+    clip_runs = [private_run(s, 0.0, 0.41, "clip only") for s in clip.PAPER_ORDER]
+    baseline = private_run(clip.NON_PRIVATE, 0.0, 0.5)
+    wide = [private_run(s, sigma, acc, "4 clients") for s in clip.PAPER_ORDER for sigma, acc in ((2.0, 0.2), (0.22, 0.25))]
+    verdict = clip.compare_with_paper(runs, repeats=repeats)
+    report = Report("02_clipping", paper="02", tier="smoke", parameters=params.report_parameters())
+    order = clip.order_claim(runs, repeats)
+    clip.record_results(report, params, baseline, runs, list_runs, repeats, clip_runs, verdict,
+                        clip.Extension(None, baseline, wide), claims=clip.claims_summary(order, clip.noise_trends(runs)))
+    expected = {"final/flat/accuracy": 0.40, "final/per_layer_adaptive/accuracy": 0.38,
+                "final/per_layer_uniform/accuracy": 0.37, "sweep/max_epsilon": 1 / 0.22, "sweep/min_epsilon": 0.5,
+                "baseline/accuracy": 0.5, "sweep/flat/mean_accuracy": 0.35, "sweep/per_layer_adaptive/mean_accuracy": 1 / 3,
+                "sweep/per_layer_uniform/mean_accuracy": 0.32 + 0.01 / 3, "paper_list/sigma=0.22/accuracy": 0.36,
+                "clip_only/flat/accuracy": 0.41, "clip_only/per_layer_adaptive/accuracy": 0.41,
+                "clip_only/per_layer_uniform/accuracy": 0.41, "repeats/max_seed_spread": 0.03,
+                "clients=4/flat/accuracy": 0.25, "clients=4/per_layer_adaptive/accuracy": 0.25,
+                "clients=4/per_layer_uniform/accuracy": 0.25}
+    assert list(report.metrics) == list(expected)
+    assert report.metrics == pytest.approx(expected)
+    assert [r["paper"] for r in report.rows[:3]] == [0.40, 0.38, 0.37]
+    assert len(report.parameters["runs"]) == len(runs) + 1 + len(repeats) + len(clip_runs)
+    assert report.parameters["order_holds"] is True
+    assert report.parameters["claims"] == {"order_as_paper": True, "order_beyond_seed_spread": False,
+                                           "accuracy_rises_as_noise_falls": {s: True for s in clip.PAPER_ORDER}}
+    assert clip.paper_final(report) == {"flat": 0.40, "per_layer_adaptive": 0.38, "per_layer_uniform": 0.37}
+
+
+def test_the_tables_show_each_strategy_at_each_sigma():
+    runs = sweep_of(PAPERLIKE)
+    table = clip.sweep_table(runs).splitlines()
+    assert table[0] == "| σ | ε | flat | per_layer_adaptive | per_layer_uniform |"
+    assert table[2:] == ["| 2 | 0.5 | 0.300 | 0.290 | 0.280 |", "| 1 | 1 | 0.350 | 0.330 | 0.320 |",
+                         "| 0.22 | 4.55 | 0.400 | 0.380 | 0.370 |"]
+    costs = clip.clipping_or_noise_table(runs, [private_run("flat", 0.0, 0.41)], private_run(clip.NON_PRIVATE, 0.0, 0.5),
+                                         list(clip.PAPER_ORDER)).splitlines()
+    assert costs[0] == "| strategy | clip only (σ = 0) | σ = 0.22 (ε = 4.55) | σ = 2 (ε = 0.5) |"
+    assert costs[2:] == ["| non-private | 0.500 | | |", "| flat | 0.410 | 0.400 | 0.300 |",
+                         "| adaptive | — | 0.380 | 0.290 |", "| uniform | — | 0.370 | 0.280 |"]
+    params = ClippingParameters(noise_multipliers=[2.0, 0.22], batch_size=64, rounds=5)
+    budget = clip.budget_text(params, 1200).splitlines()
+    assert budget[0].startswith("client: n = 1200, B = 64: q = 0.05263, 19 steps per round, 95 in 5 rounds (RDP")
+    eps = epsilon_for(0.22, sample_rate(1200, 64), 95, 1e-5)
+    assert budget[3].split()[:2] == ["0.22", f"{eps:.4g}"] and len(budget) == 2 + 2 + 3
+
+
+def toy_federation(seed: int = 3):
+    from fedrepro.data import ClientSplit, FederatedData, ImageDataset
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (80, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (80,), generator=g)
+    train = ImageDataset("toy", "train", images[:64], labels[:64], [str(i) for i in range(10)], (0.5,) * 3, (0.25,) * 3)
+    test = ImageDataset("toy", "test", images[64:], labels[64:], train.classes, train.mean, train.std)
+    splits = [ClientSplit(torch.arange(0, 32), torch.arange(0)), ClientSplit(torch.arange(32, 64), torch.arange(0))]
+    return FederatedData(train, test, splits), test.tensors()
+
+
+def test_the_protocol_runs_what_the_notebook_ran_before_it_was_moved():
+    data, public = toy_federation()
+    params = ClippingParameters(dataset="toy", rounds=1, batch_size=16, noise_multipliers=[1.0],
+                                strategies=["flat", "per_layer_adaptive"], repeat_seeds=[1])
+    protocol = clip.Protocol(params, data, data.test, public)
+    runs = protocol.sweep()
+    config = FedAvgConfig(rounds=1, local_epochs=1, batch_size=16, optimizer="sgd", lr=0.01, momentum=0.9, seed=0)
+    direct = clip.noise_sweep(lambda: build_model("tanhnet", image_size=32), data.train, data.test, data.splits, config,
+                              ["flat", "per_layer_adaptive"], [1.0], max_grad_norm=2.0, delta=1e-5, public_data=public,
+                              progress=False)
+    for ours, theirs in zip(runs, direct, strict=True):
+        assert (ours.strategy, ours.epsilon, ours.final_accuracy, ours.thresholds) == \
+               (theirs.strategy, theirs.epsilon, theirs.final_accuracy, theirs.thresholds)
+        assert all(torch.equal(a, b) for a, b in zip(ours.model.state_dict().values(), theirs.model.state_dict().values()))
+    assert not torch.equal(runs[0].model.conv1.weight, protocol.initial_model().conv1.weight)  # the run trained
+    repeats = protocol.repeats()
+    assert [(r.strategy, r.noise_multiplier, r.label) for r in repeats] == [("flat", 1.0, "seed 1"),
+                                                                          ("per_layer_adaptive", 1.0, "seed 1")]
+    assert not torch.equal(repeats[0].model.conv1.weight, runs[0].model.conv1.weight)  # another seed, another run
+    assert protocol.paper_list() == [] and protocol.clip_only() == [] and protocol.extension() is None

@@ -12,7 +12,7 @@ from torch import nn
 from fedrepro.data import ImageDataset, federated_split
 from fedrepro.fl import FedAvgConfig, StandardTrainer, run_fedavg
 from fedrepro.quantization import QuantizedModelError, quantize_int8
-from fedrepro.robustness import (EPS, STEP_SIZE, AdversarialBatches, AdversarialTrainer, AttackConfig, Normalized,
+from fedrepro.robustness import (EPS, STEP_SIZE, AdversarialBatches, AdversarialTrainer, AdversarialConfig, Normalized,
                                  accuracy, attack_images, fab, fgsm, generate, pgd, transfer, white_box)
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
@@ -73,7 +73,7 @@ def test_fgsm_equals_one_pgd_step_of_size_eps_without_random_start():
     x, y = images()
     one_step = pgd(net, x, y, eps=EPS, step_size=EPS, steps=1, random_start=False)
     assert torch.allclose(fgsm(net, x, y, EPS), one_step, atol=1e-6)
-    assert torch.equal(generate(net, x, y, AttackConfig("fgsm")), fgsm(net, x, y))
+    assert torch.equal(generate(net, x, y, AdversarialConfig("fgsm")), fgsm(net, x, y))
 
 
 def test_pgd_matches_torchattacks_on_a_fixed_batch(trained_net):
@@ -93,25 +93,30 @@ def test_fab_cross_check_on_a_fixed_batch(trained_net):
     with torch.no_grad():
         clean_pred, adv_pred = trained_net(x).argmax(1), trained_net(adv).argmax(1)
     changed = (adv - x).abs().flatten(1).amax(1) > 0
-    # every image FAB moved is misclassified; the ones it left alone are the ones it could not flip
-    assert (adv_pred[changed] != y[changed]).all()
-    assert torch.equal(adv[~changed], x[~changed])
+    # FAB moves only images it flips: some are moved, every moved one was right and is now wrong
+    assert changed.any() and (adv_pred[changed] != y[changed]).all() and (clean_pred[changed] == y[changed]).all()
     fab_accuracy = (adv_pred == y).float().mean().item()
     pgd_accuracy = accuracy(trained_net, pgd(trained_net, x, y, random_start=False), y)
     assert fab_accuracy < (clean_pred == y).float().mean().item()
     assert abs(fab_accuracy - pgd_accuracy) <= 0.25  # two strong L∞ attacks at the same ε roughly agree
 
 
+def test_fab_takes_channels_last_images_as_fedavg_clients_hold_them(trained_net):
+    x, y = trained_net.data[0][:16], trained_net.data[1][:16]
+    adv = fab(trained_net, x.to(memory_format=torch.channels_last), y, eps=EPS, steps=3)
+    assert torch.equal(adv, fab(trained_net, x, y, eps=EPS, steps=3)) and not torch.equal(adv, x)
+
+
 def test_attacks_leave_parameter_gradients_and_mode_alone():
     net = Normalized(tiny_model(), MEAN, STD).train()
     x, y = images(8)
     pgd(net, x, y, steps=2)
-    assert all(p.grad is None for p in net.parameters()) and net.training
+    assert all(p.grad is None and p.requires_grad for p in net.parameters()) and net.training
 
 
 def test_white_box_collapses_accuracy(trained_net):
     x, y = trained_net.data
-    result = white_box(trained_net, x[:128], y[:128], AttackConfig("pgd"))
+    result = white_box(trained_net, x[:128], y[:128], AdversarialConfig("pgd"))
     assert result.clean_accuracy > 0.85
     assert result.adversarial_accuracy < result.clean_accuracy - 0.5
 
@@ -133,10 +138,11 @@ def test_transfer_never_differentiates_the_int8_model(trained_net):
     x, y = trained_net.data[0][:64], trained_net.data[1][:64]
     int8 = Normalized(quantize_int8(trained_net.model, (x - trained_net.mean) / trained_net.std), MEAN, STD)
     spy = GradSpy(int8)
-    result = transfer({"fp32": trained_net}, {"fp32": trained_net, "int8": spy}, x, y, AttackConfig("pgd", steps=3))
+    result = transfer({"fp32": trained_net}, {"fp32": trained_net, "int8": spy}, x, y,
+                      AdversarialConfig("pgd", steps=3))
     assert spy.calls > 0 and spy.grad_calls == 0
     assert set(result.accuracy["fp32"]) == {"fp32", "int8"}
-    assert result.accuracy["fp32"]["fp32"] <= result.clean["fp32"]
+    assert result.accuracy["fp32"]["fp32"] < result.clean["fp32"]
     assert result.accuracy_loss("fp32", "int8") == pytest.approx(result.clean["int8"] - result.accuracy["fp32"]["int8"])
     with pytest.raises(QuantizedModelError):
         transfer({"int8": int8}, {"fp32": trained_net}, x, y)
@@ -152,13 +158,14 @@ def test_attack_images_are_a_random_subset_in_unit_range():
     x, y = attack_images(dataset, 12, seed=0)
     assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1 and len(set(y.tolist())) > 1
     assert torch.equal(attack_images(dataset, 12, seed=0)[1], y)
+    assert not torch.equal(attack_images(dataset, 12, seed=1)[0], x)
 
 
 # --- adversarial data in the client step ---------------------------------------------------------
 
 def test_adversarial_share_is_exact_over_a_client_round():
     model = tiny_model()
-    batches = AdversarialBatches(0.3, AttackConfig("fgsm"), MEAN, STD)
+    batches = AdversarialBatches(0.3, AdversarialConfig("fgsm"), MEAN, STD)
     batches.bind(model)
     x, y = images(64)
     xn = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
@@ -169,6 +176,7 @@ def test_adversarial_share_is_exact_over_a_client_round():
         counts.append(batches.replaced - before)
         assert out_x.shape == xn[:size].shape and torch.equal(out_y, y[:size])  # "true" labels kept
         assert torch.equal(out_x[counts[-1]:], xn[counts[-1]:size])  # the rest untouched
+        assert (out_x[:counts[-1]] != xn[:counts[-1]]).flatten(1).any(1).all()  # the chosen ones attacked
     assert sum(counts) == math.floor(0.3 * 209) and batches.metrics()["adversarial_share"] == pytest.approx(62 / 209)
     batches.bind(model)  # a new client round starts from zero
     assert batches.count(10) == 3 and batches.seen == 0
@@ -176,7 +184,7 @@ def test_adversarial_share_is_exact_over_a_client_round():
 
 def test_train_time_attacker_labels_by_the_models_own_predictions():
     model = tiny_model()
-    attacker = AdversarialBatches(0.5, AttackConfig("pgd", steps=3), MEAN, STD, labels="predicted")
+    attacker = AdversarialBatches(0.5, AdversarialConfig("pgd", steps=3), MEAN, STD, labels="predicted")
     attacker.bind(model)
     x, y = images(16, seed=3)
     xn = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
@@ -186,7 +194,7 @@ def test_train_time_attacker_labels_by_the_models_own_predictions():
     assert torch.equal(out_y[:8], predicted) and torch.equal(out_y[8:], y[8:])
     assert attacker.metrics()["flipped_labels"] == float((predicted != y[:8]).sum())
     with pytest.raises(ValueError):
-        AdversarialBatches(1.5, AttackConfig(), MEAN, STD)
+        AdversarialBatches(1.5, AdversarialConfig(), MEAN, STD)
 
 
 def toy_federation(n: int = 80):
@@ -199,7 +207,7 @@ def toy_federation(n: int = 80):
 
 def test_adversarial_trainer_in_fedavg_reports_the_exact_share():
     train, test, splits = toy_federation()
-    trainer = AdversarialTrainer(AdversarialBatches.for_dataset(train, 0.2, AttackConfig("pgd", steps=2)))
+    trainer = AdversarialTrainer(AdversarialBatches.for_dataset(train, 0.2, AdversarialConfig("pgd", steps=2)))
     config = FedAvgConfig(rounds=2, batch_size=16, seed=0, workers=1)
     result = run_fedavg(tiny_model(), train, test, splits, config, trainer=trainer, progress=False)
     for h in result.history:
@@ -210,15 +218,15 @@ def test_adversarial_trainer_in_fedavg_reports_the_exact_share():
     calls = []
     base = StandardTrainer(batch_transform=lambda x, y: (calls.append(len(y)) or (x, y)))
     run_fedavg(tiny_model(), train, test, splits, FedAvgConfig(rounds=1, batch_size=16, workers=1),
-               trainer=AdversarialTrainer(AdversarialBatches.for_dataset(train, 0.5, AttackConfig("fgsm")), base),
+               trainer=AdversarialTrainer(AdversarialBatches.for_dataset(train, 0.5, AdversarialConfig("fgsm")), base),
                progress=False)
     assert sum(calls) == sum(len(s.train) for s in splits) and base.batch_transform is not None
 
 
 def test_independent_selection_replaces_each_sample_by_its_own_coin():
     model = tiny_model()
-    batches = AdversarialBatches(0.3, AttackConfig("fgsm"), MEAN, STD, selection="independent")
-    assert batches.per_record and not AdversarialBatches(0.3, AttackConfig("fgsm"), MEAN, STD).per_record
+    batches = AdversarialBatches(0.3, AdversarialConfig("fgsm"), MEAN, STD, selection="independent")
+    assert batches.per_record and not AdversarialBatches(0.3, AdversarialConfig("fgsm"), MEAN, STD).per_record
     batches.bind(model, seed=0)
     x, y = images(400, seed=5)
     xn = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
@@ -236,7 +244,7 @@ def test_adversarial_data_under_dp_sgd_leaves_the_privacy_budget_unchanged():
     runs = {}
     for share in (0.0, 0.25):
         dp = privacy.DPTrainer(noise_multiplier=1.0, max_grad_norm=1.0)
-        batches = AdversarialBatches.for_dataset(train, share, AttackConfig("fgsm"), labels="predicted",
+        batches = AdversarialBatches.for_dataset(train, share, AdversarialConfig("fgsm"), labels="predicted",
                                                  selection="independent")
         trainer = AdversarialTrainer(batches, dp)
         assert not trainer.stateless
@@ -251,7 +259,7 @@ def test_adversarial_data_under_dp_sgd_leaves_the_privacy_budget_unchanged():
     assert batches.replaced == metrics["adversarial_samples"] > 0 and dp_trainer_left_alone(adv_dp)
     assert any(not torch.equal(a, b) for a, b in zip(adv.model.state_dict().values(), clean.model.state_dict().values()))
     with pytest.warns(UserWarning, match="per record"):  # exact shares couple the records of a Poisson batch
-        exact = AdversarialBatches.for_dataset(train, 0.25, AttackConfig("fgsm"))
+        exact = AdversarialBatches.for_dataset(train, 0.25, AdversarialConfig("fgsm"))
         run_fedavg(tiny_model(), train, test, splits, FedAvgConfig(rounds=1, batch_size=16, seed=0),
                    trainer=AdversarialTrainer(exact, privacy.DPTrainer(noise_multiplier=1.0)), progress=False)
 
@@ -284,7 +292,7 @@ def test_static_poisoning_replaces_an_exact_share_inside_the_eps_ball():
     splits = federated_split(train.labels, 2, seed=0, val_fraction=0.25)
     data = FederatedData(train, test, splits)
     net = Normalized(tiny_model(), MEAN, STD)
-    poisoned = poison_dataset(data, net, 0.3, AttackConfig("pgd", steps=3), labels="predicted", seed=0)
+    poisoned = poison_dataset(data, net, 0.3, AdversarialConfig("pgd", steps=3), labels="predicted", seed=0)
     assert poisoned.replaced == sum(math.floor(0.3 * len(s.train)) for s in splits)
     changed = poisoned.indices
     assert set(changed.tolist()) <= set(torch.cat([s.train for s in splits]).tolist())  # never validation data
@@ -302,11 +310,90 @@ def test_static_poisoning_replaces_an_exact_share_inside_the_eps_ball():
 
 def test_fab_generated_adversarial_training_batches():
     model = tiny_model()
-    batches = AdversarialBatches(0.25, AttackConfig("fab", steps=3), MEAN, STD)
+    batches = AdversarialBatches(0.25, AdversarialConfig("fab", steps=3), MEAN, STD)
     batches.bind(model)
     x, y = images(16, seed=5)
     xn = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     out_x, out_y = batches(xn, y)
     assert batches.replaced == 4 and torch.equal(out_y, y) and torch.equal(out_x[4:], xn[4:])
     back = out_x[:4] * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
-    assert (back - x[:4]).abs().max() <= EPS + 1e-5
+    assert 0 < (back - x[:4]).abs().max() <= EPS + 1e-5
+
+
+# --- paper 01's protocol (fedrepro.papers.p01_robustness) -----------------------------------------
+
+def test_parameters_default_to_the_smoke_tier_and_record_every_value_as_json():
+    import dataclasses
+    import json
+
+    from fedrepro.papers.p01_robustness import Parameters
+
+    params = Parameters(epsilons=[1.7], grid_rounds=3, size_models=["resnet9", "resnet18"])
+    assert params.epsilons == (1.7,) and params.size_models == ("resnet9", "resnet18")  # lists stored as tuples
+    assert params.grid_model_name == "cnn" and params.grid_rounds_used == 3 and params.rounds == 1
+    assert params.grid_regimes == [1.7, 3.4, 7.0]  # transfer 7.0/1.7, adversarial 1.7, attacker 3.4
+    recorded = json.loads(json.dumps(dataclasses.asdict(params)))
+    assert recorded["epsilons"] == [1.7] and recorded["grid_model"] is None and len(recorded) == 37
+
+
+@pytest.mark.parametrize("name, value, valid", [
+    ("tier", "fast", "smoke, quick, paper"), ("model_name", "resnet7", "resnet9"), ("grid_model", "x", "None or"),
+    ("rounds", 0, "≥ 1"), ("samples_per_client", 0, "or None"), ("lr", 0.0, "> 0"), ("val_fraction", 1.0, "[0, 1)"),
+    ("delta", 1.5, "(0, 1)"), ("attack_eps_255", 300, "[0, 255]"), ("attack_steps", -1, "≥ 0"),
+    ("epsilons", [1.7, 0.0], "ε > 0"), ("epsilons", "1.7", "ε > 0"), ("adv_shares", [0.2, 1.5], "(0, 1]"),
+    ("poison_shares", [0.0], "(0, 1]"), ("attack_methods", ["fgsm"], "includes pgd"),
+    ("adv_methods", ["cw"], "fgsm, pgd, fab"), ("poison_method", "cw", "fgsm, pgd, fab"),
+    ("poison_mode", "live", "static, online"), ("size_models", ["resnet7"], "resnet9"),
+])
+def test_parameters_name_the_bad_value_and_the_valid_range(name, value, valid):
+    from fedrepro.papers.p01_robustness import Parameters
+
+    with pytest.raises(ValueError, match=f"^{name} = ") as error:
+        Parameters(**{name: value})
+    assert repr(value) in str(error.value) and valid in str(error.value)
+
+
+def test_result_keys_are_those_the_paper_values_are_stored_under():
+    from fedrepro.papers import p01_robustness as p01
+    from fedrepro.results import paper_values
+
+    keys = [p01.accuracy_key("cifar10", "resnet9", None), p01.accuracy_key("pneumoniamnist", "resnet18", None),
+            p01.size_reduction_key("resnet9"), p01.size_reduction_key("resnet18"), p01.MAX_INT8_ACCURACY_CHANGE,
+            p01.transfer_key("pneumoniamnist", "resnet18", 1.7, "normal", "dp", "pgd"),
+            p01.transfer_key("pneumoniamnist", "resnet18", 1.7, "normal", "normal", "pgd"),
+            p01.max_clean_loss_key("resnet18"), p01.FAB_TIME_FACTOR, p01.FAB_MAX_ACCURACY, p01.PGD_OVER_FGSM_TIME]
+    assert all(("01", key) in paper_values() for key in keys)
+    assert p01.accuracy_key("cifar10", "cnn", 7.0, int8=True) == "cifar10/cnn/dp7/int8/accuracy"
+    assert p01.white_box_key("cifar10", "cnn", 1.7, "pgd") == "cifar10/cnn/dp1.7/white_box/pgd"
+    assert p01.adversarial_training_key("cifar10", "cnn", None, "fgsm", 0.2, "robust_accuracy") == \
+        "cifar10/cnn/adversarial_training/normal/fgsm/share0.2/robust_accuracy"
+    assert p01.train_time_key("cifar10", "cnn", 3.4, "pgd", 0.4, "accuracy_drop") == \
+        "cifar10/cnn/train_time/dp3.4/pgd/share0.4/accuracy_drop"
+    assert p01.transfer_roles(1.7) == {"normal": "normal", "DP ε=1.7": "dp", "normal int8": "normal_int8",
+                                       "DP ε=1.7 int8": "dp_int8"}
+
+
+def test_effect_checks_hold_exactly_when_the_numbers_bear_the_claim_out():
+    from fedrepro.papers import p01_robustness as p01
+    from fedrepro.quantization import QuantizationReport
+    from fedrepro.robustness import WhiteBoxResult
+
+    small = QuantizationReport(1000, 260, 0.45, 0.452)  # 74% smaller
+    assert p01.int8_effect("cnn", small, 0.85).holds
+    assert not p01.int8_effect("cnn", small, 1.2).holds  # accuracy moved more than the paper's ±1%
+    assert not p01.int8_effect("cnn", QuantizationReport(1000, 400, 0.45, 0.45), 0.0).holds  # only 60% smaller
+    assert p01.white_box_effect(WhiteBoxResult(0.45, 0.08, torch.zeros(0))).holds
+    assert not p01.white_box_effect(WhiteBoxResult(0.45, 0.30, torch.zeros(0))).holds
+    base = WhiteBoxResult(0.45, 0.08, torch.zeros(0))
+    rows = [{"method": "PGD", "regime": "normal", "share": share, "robust": robust, "clean": 0.4}
+            for share, robust in ((0.0, 0.08), (0.2, 0.19), (0.4, 0.21))]
+    trained = p01.adversarial_training_effect("cnn", base, rows)
+    assert trained.holds and "8.0% → 21.0% with 40% PGD data" in trained.text
+    assert not p01.adversarial_training_effect("cnn", WhiteBoxResult(0.45, 0.3, torch.zeros(0)), rows).holds
+    assert p01.adversarial_training_effect("cnn", base, rows[:1]) is None  # no adversarially trained model
+    attacker = [{"panel": "ε = 3.4", "model": model, "share": 0.4, "accuracy": 0.4, "drop": drop}
+                for model, drop in (("normal", 0.03), ("DP ε=3.4", -0.007))]
+    (effect,) = p01.train_time_effects("cnn", attacker, [3.4], [0.4])
+    assert effect.holds and str(effect).endswith("[holds]")
+    attacker[1]["drop"] = 0.05
+    assert not p01.train_time_effects("cnn", attacker, [3.4], [0.4])[0].holds

@@ -36,6 +36,15 @@ def plot_transfer(results: Mapping[str, TransferResult], pairs: Sequence[tuple[s
     return fig
 
 
+def plot_figure_2_3(transfers: Mapping[tuple[float, str], TransferResult], epsilons: Sequence[float], title: str,
+                    method: str = "pgd") -> Figure:
+    """Figures 2–3: one panel per ε with ``method``; every pair of the normal and the DP models as
+    generator and fp32 target, beside the target's int8 version."""
+    names = ["normal"] + [f"DP ε={e:g}" for e in epsilons]
+    return plot_transfer({f"ε = {eps:g} ({method.upper()})": transfers[(eps, method)] for eps in epsilons},
+                         [(g, t, f"{t} int8") for g in names for t in names], title=title)
+
+
 def plot_share_curves(rows: Sequence[Mapping], value: str, group: str, panel: str, ylabel: str,
                       title: str) -> Figure:
     """Lines of ``value`` (fraction) against ``share`` for each ``group``, one panel per ``panel`` value."""

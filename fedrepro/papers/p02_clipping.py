@@ -1,26 +1,198 @@
-"""Noise sweeps of DP FedAvg over clipping strategies, and the summaries notebook 02 reads from them."""
+"""Paper 02 (Morelle, *Differential privacy and Byzantine resilience in federated learning*, INRIA 2024).
+
+Everything notebook 02 runs, so that a test can reach it:
+
+* :class:`ClippingParameters` — the notebook's parameters cell as one validated dataclass, written
+  whole to ``results.json``;
+* :class:`Protocol` — the paper's runs on one parameter set: the non-private baseline, the noise
+  sweep over flat / per-layer uniform / per-layer adaptive clipping, the paper's explicit list,
+  extra seeds at the smallest σ, clip-only runs (σ = 0) and more clients (beyond the paper). Every
+  run starts from the same initial weights with a fresh :class:`~fedrepro.privacy.DPTrainer`;
+* the tables (:func:`sweep_table`, :func:`budget_text`, :func:`clipping_or_noise_table`,
+  :func:`gradient_text`) and the result keys of ``fedrepro/paper_results/02.yaml``
+  (:func:`final_key`, ...), filled in by :func:`record_results`;
+* the paper's claims as checks: :func:`order_claim` (flat > adaptive > uniform, against the
+  seed-to-seed spread) and :func:`noise_trends` (accuracy rises as σ falls).
+
+The figures are in :mod:`fedrepro.papers.p02_plots`; DP-SGD, the clipping strategies and the
+accounting they compose are in :mod:`fedrepro.privacy`.
+"""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fedrepro.data import ClientSplit, ImageDataset
-from fedrepro.federation import run_federation
+from fedrepro.data import ClientSplit, FederatedData, ImageDataset, load_federated
+from fedrepro.federation import BACKENDS, run_federation
 from fedrepro.fl import FedAvgConfig
-from fedrepro.privacy.clipping import strategy_name
-from fedrepro.privacy.trainer import DPTrainer, history_epsilons
+from fedrepro.models import MODELS, build_model
+from fedrepro.privacy.accounting import ACCOUNTANTS, epsilon_for, noise_for_epsilon, sample_rate, steps_per_epoch
+from fedrepro.privacy.clipping import (adaptive_thresholds, check_thresholds, gradient_entries,
+                                       layer_gradient_magnitudes, strategy_name, uniform_thresholds)
+from fedrepro.privacy.trainer import DPIncompatibleModelError, DPTrainer, check_dp_compatible, history_epsilons
 from fedrepro.runtime import derive_seed, generator
 
 NON_PRIVATE = "non-private"
+PAPER_ORDER = ("flat", "per_layer_adaptive", "per_layer_uniform")  # the paper's ranking, best first
+LABELS = {"flat": "flat", "per_layer_adaptive": "adaptive", "per_layer_uniform": "uniform",
+          "per_layer": "paper's list", NON_PRIVATE: "non-private"}
+# Sec. 4: 13 values from 2 down to 0.22; the paper gives only the ends and the count, we space them evenly
+PAPER_NOISE_MULTIPLIERS = (2.0, 1.8517, 1.7033, 1.555, 1.4067, 1.2583, 1.11, 0.9617, 0.8133, 0.665, 0.5167,
+                           0.3683, 0.22)
+PAPER_LAYER_LIST = (1.2, 1.1, 1.0, 0.5, 0.3)  # the paper's explicit S_j for conv1, conv2, fc1, fc2, fc3
+OPTIMIZER = "sgd"
+ADAPTIVE_MAGNITUDE = "max |grad| of the layer's weights, public batch, every round"
+IMAGE_SIZE = 32
 
+
+# --- parameters ---------------------------------------------------------------------------------
+
+def _integer(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}{' or None' if optional else ''}, got {value!r}")
+
+
+def _number(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = True,
+            high_open: bool = True) -> None:
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+
+
+def _numbers(name: str, values: Any, low: float, empty: bool = True) -> list:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"{name} must be a list of numbers > {low:g}, got {values!r}")
+    if not values and not empty:
+        raise ValueError(f"{name} must list at least one value > {low:g}, got {values!r}")
+    for value in values:
+        _number(f"each of {name}", value, low)
+    return list(values)
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+@dataclass
+class ClippingParameters:
+    """Notebook 02's parameters cell (all but ``tier`` and ``results_dir``). Defaults: paper 02's protocol
+    (Sec. 3–4) where it states one, our assumptions (the notebook's table) where it does not, extras off."""
+
+    seed: int = 0
+    dataset: str = "cifar10"
+    model_name: str = "tanhnet"
+    num_clients: int = 2
+    rounds: int = 5
+    local_epochs: int = 1
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    max_grad_norm: float = 2.0  # S, the total clipping threshold
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    noise_multipliers: list[float] = field(default_factory=lambda: list(PAPER_NOISE_MULTIPLIERS))
+    strategies: list[str] = field(default_factory=lambda: list(PAPER_ORDER))
+    paper_layer_list: list[float] = field(default_factory=lambda: list(PAPER_LAYER_LIST))
+    paper_list_noise_multipliers: list[float] = field(default_factory=list)  # empty: the explicit list is not run
+    repeat_seeds: list[int] = field(default_factory=list)  # extra seeds at the smallest σ
+    clip_only: bool = False  # every strategy also with σ = 0 (ε = ∞)
+    samples_per_client: int | None = None  # None: each client keeps its whole share
+    test_samples: int | None = None  # None: the whole test set minus the public batch
+    public_samples: int = 256  # held-out test images adaptive clipping measures M_j on
+    physical_batch_size: int | None = None
+    extension_clients: int = 0  # beyond the paper: the same images over more clients; 0 skips it
+    extension_noise_multipliers: list[float] = field(default_factory=list)
+    backend: str = "simulator"
+    torch_threads: int | None = None
+    device: str = "auto"
+    data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        _integer("seed", self.seed, 0)
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError(f"dataset must be a dataset name such as 'cifar10', got {self.dataset!r}")
+        _choice("model_name", self.model_name, MODELS.names())
+        _integer("num_clients", self.num_clients, 1)
+        _integer("rounds", self.rounds, 1)
+        _integer("local_epochs", self.local_epochs, 1)
+        _integer("batch_size", self.batch_size, 1)
+        _number("lr", self.lr, 0.0)
+        _number("momentum", self.momentum, 0.0, 1.0, low_open=False)
+        _number("max_grad_norm", self.max_grad_norm, 0.0)
+        _number("delta", self.delta, 0.0, 1.0)
+        _choice("accountant", self.accountant, ACCOUNTANTS)
+        self.noise_multipliers = _numbers("noise_multipliers", self.noise_multipliers, 0.0, empty=False)
+        if isinstance(self.strategies, str) or not self.strategies:
+            raise ValueError(f"strategies must be a non-empty list from {', '.join(PAPER_ORDER)}; got {self.strategies!r}")
+        self.strategies = list(self.strategies)
+        for strategy in self.strategies:
+            _choice("each of strategies", strategy, PAPER_ORDER)
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"strategies lists a strategy twice: {self.strategies!r}")
+        self.paper_layer_list = _numbers("paper_layer_list", self.paper_layer_list, 0.0)
+        self.paper_list_noise_multipliers = _numbers("paper_list_noise_multipliers",
+                                                     self.paper_list_noise_multipliers, 0.0)
+        if self.paper_list_noise_multipliers and not self.paper_layer_list:
+            raise ValueError("paper_layer_list is empty but paper_list_noise_multipliers asks to run it at "
+                             f"{self.paper_list_noise_multipliers}")
+        if isinstance(self.repeat_seeds, str) or not isinstance(self.repeat_seeds, Sequence):
+            raise ValueError(f"repeat_seeds must be a list of integers ≥ 0, got {self.repeat_seeds!r}")
+        self.repeat_seeds = list(self.repeat_seeds)
+        for extra in self.repeat_seeds:
+            _integer("each of repeat_seeds", extra, 0)
+        if not isinstance(self.clip_only, bool):
+            raise ValueError(f"clip_only must be True or False, got {self.clip_only!r}")
+        _integer("samples_per_client", self.samples_per_client, 1, optional=True)
+        _integer("test_samples", self.test_samples, 1, optional=True)
+        _integer("public_samples", self.public_samples, 1)
+        _integer("physical_batch_size", self.physical_batch_size, 1, optional=True)
+        _integer("extension_clients", self.extension_clients, 0)
+        self.extension_noise_multipliers = _numbers("extension_noise_multipliers", self.extension_noise_multipliers,
+                                                    0.0, empty=not self.extension_clients)
+        if self.extension_clients and self.extension_samples_per_client == 0:
+            raise ValueError(f"extension_clients = {self.extension_clients} leaves no image per client: "
+                             f"{self.samples_per_client} × {self.num_clients} images in all")
+        _choice("backend", self.backend, BACKENDS.names())
+        _integer("torch_threads", self.torch_threads, 1, optional=True)
+        try:
+            torch.device(self.device if self.device != "auto" else "cpu")
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {self.device!r}") from None
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise ValueError(f"data_root must be a folder path or None, got {self.data_root!r}")
+
+    @property
+    def smallest_sigma(self) -> float:
+        """The paper's 'last run'."""
+        return min(self.noise_multipliers)
+
+    @property
+    def extension_samples_per_client(self) -> int | None:
+        """The same images in all, shared by ``extension_clients`` clients."""
+        if self.samples_per_client is None:
+            return None
+        return self.samples_per_client * self.num_clients // self.extension_clients
+
+    def report_parameters(self) -> dict[str, Any]:
+        """What ``results.json`` records: every parameter, and the protocol choices no parameter sets."""
+        return {**asdict(self), "optimizer": OPTIMIZER, "adaptive_magnitude": ADAPTIVE_MAGNITUDE}
+
+
+# --- one run, one sweep ---------------------------------------------------------------------------
 
 @dataclass
 class PrivateRun:
@@ -119,7 +291,211 @@ def run_baseline(factory: Callable[[], nn.Module], train: ImageDataset, test: Im
     return run_private(factory, train, test, splits, config, None, label=label, backend=backend)
 
 
-# --- summaries -----------------------------------------------------------------------------------
+# --- paper 02's runs on one parameter set -------------------------------------------------------
+
+def load_data(params: ClippingParameters) -> tuple[FederatedData, ImageDataset, ImageDataset]:
+    """The clients' training shares (no validation split: the paper splits the training set at random over
+    the clients), the server's public batch and the evaluation set (:func:`split_public`)."""
+    data = load_federated(params.dataset, params.num_clients, params.seed, val_fraction=0.0,
+                          samples_per_client=params.samples_per_client, image_size=IMAGE_SIZE, root=params.data_root)
+    public, test = split_public(data.test, params.public_samples, params.seed, params.test_samples)
+    return data, public, test
+
+
+def model_factory(model_name: str, train: ImageDataset) -> Callable[[], nn.Module]:
+    """A fresh ``model_name`` for ``train``'s images (picklable, unlike a lambda)."""
+    return functools.partial(build_model, model_name, in_channels=train.channels, num_classes=train.num_classes,
+                             image_size=IMAGE_SIZE)
+
+
+def client_sizes(data: FederatedData) -> list[int]:
+    """The distinct numbers of training images per client, smallest first (its ε is the largest)."""
+    return sorted({len(split.train) for split in data.splits})
+
+
+@dataclass
+class Extension:
+    """Beyond the paper: the same images over more clients, its baseline and its sweep."""
+
+    data: FederatedData
+    baseline: PrivateRun
+    runs: list[PrivateRun]
+
+
+class Protocol:
+    """Paper 02's runs for one parameter set: same data, optimizer and initial weights for every run.
+
+    The methods run in the order the notebook calls them; each run reseeds its model from
+    ``params.seed`` (:func:`seeded_model`) and gets a fresh :class:`DPTrainer`.
+    """
+
+    def __init__(self, params: ClippingParameters, data: FederatedData, test: ImageDataset,
+                 public_data: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.params, self.data, self.test, self.public_data = params, data, test, public_data
+        self.config = FedAvgConfig(rounds=params.rounds, local_epochs=params.local_epochs, batch_size=params.batch_size,
+                                   optimizer=OPTIMIZER, lr=params.lr, momentum=params.momentum, seed=params.seed,
+                                   device=params.device)
+        self.factory = model_factory(params.model_name, data.train)
+        self.label = f"{params.num_clients} clients"
+
+    def _sweep(self, data: FederatedData, config: FedAvgConfig, strategies: Sequence[str],
+               noise_multipliers: Sequence[float], label: str, **options: Any) -> list[PrivateRun]:
+        p = self.params
+        return noise_sweep(self.factory, data.train, self.test, data.splits, config, strategies, noise_multipliers,
+                           max_grad_norm=p.max_grad_norm, delta=p.delta, label=label, accountant=p.accountant,
+                           physical_batch_size=p.physical_batch_size, backend=p.backend, **options)
+
+    def initial_model(self) -> nn.Module:
+        """The weights every run starts from."""
+        return seeded_model(self.factory, self.params.seed)
+
+    def baseline(self) -> PrivateRun:
+        """Non-private FedAvg on the same data: the ceiling of every private run."""
+        return run_baseline(self.factory, self.data.train, self.test, self.data.splits, self.config, label=self.label,
+                            backend=self.params.backend)
+
+    def sweep(self) -> list[PrivateRun]:
+        """The paper's Figure 3: every strategy at every σ."""
+        return self._sweep(self.data, self.config, self.params.strategies, self.params.noise_multipliers, self.label,
+                           public_data=self.public_data)
+
+    def paper_list(self) -> list[PrivateRun]:
+        """The paper's explicit per-layer thresholds at ``paper_list_noise_multipliers`` (none: no runs)."""
+        if not self.params.paper_list_noise_multipliers:
+            return []
+        return self._sweep(self.data, self.config, ["per_layer"], self.params.paper_list_noise_multipliers,
+                           "paper's list", thresholds=self.params.paper_layer_list)
+
+    def repeats(self) -> list[PrivateRun]:
+        """Every strategy at the smallest σ once per extra seed: the yardstick of run-to-run spread."""
+        runs: list[PrivateRun] = []
+        for extra in self.params.repeat_seeds:
+            runs += self._sweep(self.data, replace(self.config, seed=extra), self.params.strategies,
+                                [self.params.smallest_sigma], f"seed {extra}", public_data=self.public_data)
+        return runs
+
+    def clip_only(self) -> list[PrivateRun]:
+        """Every strategy with clipping and no noise (σ = 0, ε = ∞), if ``clip_only``."""
+        if not self.params.clip_only:
+            return []
+        return self._sweep(self.data, self.config, self.params.strategies, [0.0], "clip only",
+                           public_data=self.public_data)
+
+    def extension(self) -> Extension | None:
+        """The same images over ``extension_clients`` clients: a baseline and a sweep (None: skipped)."""
+        p = self.params
+        if not p.extension_clients:
+            return None
+        wide = load_federated(p.dataset, p.extension_clients, p.seed, val_fraction=0.0,
+                              samples_per_client=p.extension_samples_per_client, image_size=IMAGE_SIZE, root=p.data_root)
+        label = f"{p.extension_clients} clients"
+        baseline = run_baseline(self.factory, wide.train, self.test, wide.splits, self.config, label=label,
+                                backend=p.backend)
+        runs = self._sweep(wide, self.config, p.strategies, p.extension_noise_multipliers, label,
+                           public_data=self.public_data)
+        return Extension(wide, baseline, runs)
+
+
+# --- what the notebook prints beside the runs ---------------------------------------------------
+
+def budget_text(params: ClippingParameters, n_client: int) -> str:
+    """ε of the sweep per client of ``n_client`` images: composed over all rounds and for one round.
+
+    DP-SGD takes ⌈n/B⌉ Poisson-sampled steps per round with q = 1/⌈n/B⌉ (opacus's convention); one
+    accountant per client sees every step, so the run's ε is that of rounds·⌈n/B⌉ steps composed.
+    """
+    p = params
+    q, per_round = sample_rate(n_client, p.batch_size), steps_per_epoch(n_client, p.batch_size) * p.local_epochs
+    lines = [f"client: n = {n_client}, B = {p.batch_size}: q = {q:.5f}, {per_round} steps per round, "
+             f"{p.rounds * per_round} in {p.rounds} rounds ({p.accountant.upper()}, delta = {p.delta:g})",
+             f"{'sigma':>7} {'eps, all rounds':>16} {'eps, one round':>15}"]
+    lines += [f"{sigma:7.4g} {epsilon_for(sigma, q, p.rounds * per_round, p.delta, p.accountant):16.4g} "
+              f"{epsilon_for(sigma, q, per_round, p.delta, p.accountant):15.4g}" for sigma in p.noise_multipliers]
+    lines += [f"sigma for eps = {target:g} after {p.rounds} rounds: "
+              f"{noise_for_epsilon(target, p.delta, q, p.rounds * per_round, p.accountant):.3f}"
+              for target in (1.0, 3.0, 8.0)]
+    return "\n".join(lines)
+
+
+def refusal_text(layers: Sequence[Any]) -> str:
+    """What fedrepro says to a BatchNorm model and to a per-layer list of the wrong length (the fix included)."""
+    attempts: list[tuple[str, Callable[[], Any]]] = [
+        ("a BatchNorm ResNet-18", lambda: check_dp_compatible(build_model("resnet18", norm="batch"))),
+        ("a 3-value per-layer list", lambda: check_thresholds([1.2, 1.1, 1.0], layers))]
+    lines = []
+    for attempt, check in attempts:
+        try:
+            check()
+            lines.append(f"{attempt}: accepted")
+        except (DPIncompatibleModelError, ValueError) as error:
+            lines.append(f"{attempt}: {type(error).__name__}: {error}\n")
+    return "\n".join(lines)
+
+
+def layer_names(layers: Sequence[Any]) -> list[str]:
+    """The clipping layers' names, e.g. ``conv1+gn1`` (a GroupNorm joins the conv layer before it)."""
+    return [layer.name for layer in layers]
+
+
+def timing_text(runs: Sequence[PrivateRun]) -> str:
+    return f"{len(runs)} private runs in {sum(r.seconds for r in runs):.0f} s"
+
+
+def last_run(runs: Sequence[PrivateRun], strategy: str) -> PrivateRun | None:
+    """``strategy``'s run at the smallest σ of ``runs`` (the paper's last run), or None."""
+    sigma = min(r.noise_multiplier for r in runs)
+    return next((r for r in runs if r.strategy == strategy and r.noise_multiplier == sigma), None)
+
+
+def gradient_states(initial: nn.Module, baseline: PrivateRun, runs: Sequence[PrivateRun]) -> dict[str, nn.Module]:
+    """Figure 2's model states: initial, after non-private FedAvg, after DP FedAvg (flat at the smallest σ,
+    else the sweep's last run)."""
+    private = last_run(runs, "flat")
+    private = runs[-1] if private is None else private
+    return {"initial model": initial, "after non-private FedAvg": baseline.model,
+            f"after DP FedAvg ({LABELS[private.strategy]}, σ = {private.noise_multiplier:g})": private.model}
+
+
+def gradient_entries_by_state(states: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                              layers: Sequence[Any]) -> dict[str, dict[str, torch.Tensor]]:
+    """|∂L/∂w| of every lead weight per layer, per model state (moved to the batch's device)."""
+    return {name: gradient_entries(model.to(x.device), x, y, layers) for name, model in states.items()}
+
+
+def gradient_text(states: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, layers: Sequence[Any],
+                  max_grad_norm: float) -> str:
+    """Per state: M_j = max |∂L/∂w| (what adaptive clipping uses) and the S_j it implies, and each layer's median
+    per-sample gradient norm (what clipping acts on) against S and S/√m."""
+    uniform = uniform_thresholds(max_grad_norm, len(layers))[0]
+    lines = ["layers: " + ", ".join(layer_names(layers))]
+    for name, model in states.items():
+        magnitudes = layer_gradient_magnitudes(model, x, y, layers)
+        norms = layer_gradient_magnitudes(model, x, y, layers, statistic="median_norm")
+        lines.append(f"{name}:\n  M_j = max|grad| " + ", ".join(f"{v:.3g}" for v in magnitudes)
+                     + " -> adaptive S_j " + ", ".join(f"{v:.2f}" for v in adaptive_thresholds(magnitudes, max_grad_norm))
+                     + "\n  median per-sample gradient norm per layer " + ", ".join(f"{v:.2f}" for v in norms)
+                     + f" (whole model {math.sqrt(sum(v * v for v in norms)):.2f}; S = {max_grad_norm:g}, "
+                     f"S/sqrt(m) = {uniform:.2f})")
+    return "\n".join(lines)
+
+
+def clipping_or_noise_table(runs: Sequence[PrivateRun], clip_runs: Sequence[PrivateRun], baseline: PrivateRun,
+                            strategies: Sequence[str]) -> str:
+    """Markdown: non-private, clip-only (σ = 0) and each strategy at both ends of the sweep, to tell what clipping
+    costs (non-private → clip only) from what the noise costs (clip only → largest σ)."""
+    ends = [min(r.noise_multiplier for r in runs), max(r.noise_multiplier for r in runs)]
+    rows = ["| strategy | clip only (σ = 0) | " + " | ".join(
+                f"σ = {s:g} (ε = {next(r.epsilon for r in runs if r.noise_multiplier == s):.3g})" for s in ends) + " |",
+            "|---|---|" + "---|" * len(ends), f"| non-private | {baseline.final_accuracy:.3f} |" + " |" * len(ends)]
+    for strategy in strategies:
+        clip = next((f"{r.final_accuracy:.3f}" for r in clip_runs if r.strategy == strategy), "—")
+        rows.append(f"| {LABELS[strategy]} | {clip} | " + " | ".join(
+            f"{next(r.final_accuracy for r in runs if r.strategy == strategy and r.noise_multiplier == s):.3f}"
+            for s in ends) + " |")
+    return "\n".join(rows)
+
+
+# --- summaries of a sweep -----------------------------------------------------------------------------------
 
 def by_strategy(runs: Sequence[PrivateRun]) -> dict[str, list[PrivateRun]]:
     """Runs grouped by strategy, each list ordered by decreasing σ (increasing ε)."""
@@ -164,11 +540,6 @@ def sweep_table(runs: Sequence[PrivateRun], metric: str = "final_accuracy") -> s
     return "\n".join(lines)
 
 
-PAPER_ORDER = ("flat", "per_layer_adaptive", "per_layer_uniform")
-LABELS = {"flat": "flat", "per_layer_adaptive": "adaptive", "per_layer_uniform": "uniform",
-          "per_layer": "paper's list", NON_PRIVATE: "non-private"}
-
-
 def compare_with_paper(runs: Sequence[PrivateRun], paper_order: Sequence[str] = PAPER_ORDER,
                        repeats: Sequence[PrivateRun] = (), metric: str = "final_accuracy") -> dict[str, Any]:
     """Check the paper's reading (``paper_order``, best first) against a sweep; returns numbers and a text verdict.
@@ -192,11 +563,8 @@ def compare_with_paper(runs: Sequence[PrivateRun], paper_order: Sequence[str] = 
              "Mean over the sweep: " + ", ".join(f"{LABELS.get(s, s)} {v:.3f}" for s, v in means.items()) + "."]
     spread = None
     if repeats:
-        same = {}
-        for run in [*(r for r in runs if r.noise_multiplier == sigma), *repeats]:
-            same.setdefault(run.strategy, []).append(getattr(run, metric))
-        spreads = {s: (max(v) - min(v)) for s, v in same.items() if len(v) > 1}
-        spread = max(spreads.values()) if spreads else None
+        same = seed_values(runs, repeats, metric)
+        spread = seed_spread(same)
         gap = last[0][1] - last[-1][1]
         seed_means = {s: sum(v) / len(v) for s, v in same.items()}
         seed_order = sorted(seed_means, key=lambda s: -seed_means[s])
@@ -205,3 +573,208 @@ def compare_with_paper(runs: Sequence[PrivateRun], paper_order: Sequence[str] = 
                      f"seed means: " + " > ".join(f"{LABELS.get(s, s)} {seed_means[s]:.3f}" for s in seed_order) + ".")
     return {"sigma": sigma, "ranking": last, "order_holds": order == list(paper_order), "pair_wins": pair_wins,
             "means": means, "seed_spread": spread, "text": "\n".join(lines)}
+
+
+# --- the paper's claims, checked --------------------------------------------------------------
+
+def seed_values(runs: Sequence[PrivateRun], repeats: Sequence[PrivateRun] = (),
+                metric: str = "final_accuracy") -> dict[str, list[float]]:
+    """Each strategy's ``metric`` at the smallest σ of ``runs``: the sweep's run, then one per extra seed."""
+    sigma = min(r.noise_multiplier for r in runs)
+    values: dict[str, list[float]] = {}
+    for run in [*(r for r in runs if r.noise_multiplier == sigma), *repeats]:
+        values.setdefault(run.strategy, []).append(getattr(run, metric))
+    return values
+
+
+def seed_spread(values: Mapping[str, Sequence[float]]) -> float | None:
+    """The largest range (max − min) of one strategy's values over seeds; None with a single seed."""
+    ranges = [max(v) - min(v) for v in values.values() if len(v) > 1]
+    return max(ranges) if ranges else None
+
+
+@dataclass
+class OrderClaim:
+    """The paper's 'flat > adaptive > uniform' at its last run (the smallest σ), over the seeds we ran.
+
+    The order *holds* when the seed means rank the strategies as the paper does; it is *resolved* when,
+    in addition, each step of the paper's order is wider than the largest seed-to-seed range of one
+    strategy — with one seed per strategy nothing is resolved.
+    """
+
+    sigma: float
+    means: dict[str, float]
+    seeds: int
+    spread: float | None
+    paper_order: tuple[str, ...] = PAPER_ORDER
+
+    @property
+    def order(self) -> list[str]:
+        return sorted(self.means, key=lambda s: -self.means[s])
+
+    @property
+    def holds(self) -> bool:
+        return self.order == list(self.paper_order)
+
+    @property
+    def gaps(self) -> list[float]:
+        """mean(better) − mean(worse) for each consecutive pair of the paper's order that we ran."""
+        ran = [s for s in self.paper_order if s in self.means]
+        return [self.means[a] - self.means[b] for a, b in zip(ran, ran[1:])]
+
+    @property
+    def resolved(self) -> bool:
+        return self.holds and self.spread is not None and all(gap > self.spread for gap in self.gaps)
+
+    def text(self) -> str:
+        ranked = " > ".join(f"{LABELS.get(s, s)} {self.means[s]:.3f}" for s in self.order)
+        paper = " > ".join(LABELS.get(s, s) for s in self.paper_order)
+        if not self.holds:
+            verdict = "does not hold"
+        elif self.spread is None:
+            verdict = "holds, but one seed gives no spread to judge the gaps by"
+        else:
+            verdict = ("holds beyond" if self.resolved else "holds, but not beyond") + \
+                f" the seed-to-seed spread {self.spread:.3f} (gaps " + ", ".join(f"{g:.3f}" for g in self.gaps) + ")"
+        return f"Claim '{paper}' at σ = {self.sigma:.3g} (mean of {self.seeds} seed(s): {ranked}): {verdict}."
+
+
+def order_claim(runs: Sequence[PrivateRun], repeats: Sequence[PrivateRun] = (), paper_order: Sequence[str] = PAPER_ORDER,
+                metric: str = "final_accuracy") -> OrderClaim:
+    """:class:`OrderClaim` from a sweep and its extra seeds at the smallest σ (strategies outside the paper's
+    order ignored)."""
+    values = seed_values([r for r in runs if r.strategy in paper_order], [r for r in repeats if r.strategy in paper_order],
+                         metric)
+    return OrderClaim(sigma=min(r.noise_multiplier for r in runs), means={s: sum(v) / len(v) for s, v in values.items()},
+                      seeds=max(len(v) for v in values.values()), spread=seed_spread(values),
+                      paper_order=tuple(paper_order))
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's τ-a: (concordant − discordant pairs) / all pairs; ties count as neither."""
+    pairs = [(x[i] - x[j]) * (y[i] - y[j]) for i in range(len(x)) for j in range(i + 1, len(x))]
+    if not pairs:
+        return math.nan
+    return sum((d > 0) - (d < 0) for d in pairs) / len(pairs)
+
+
+@dataclass
+class NoiseTrend:
+    """One strategy's accuracy over the sweep. The paper's trade-off (Figure 1: accuracy rises as σ falls)
+    holds when Kendall's τ between σ and accuracy is negative and the gain from the largest to the
+    smallest σ exceeds ``spread`` (the seed-to-seed range; 0 when unknown)."""
+
+    strategy: str
+    sigmas: tuple[float, float]  # largest, smallest
+    accuracies: tuple[float, float]  # at those σ
+    tau: float
+    spread: float | None
+
+    @property
+    def gain(self) -> float:
+        return self.accuracies[1] - self.accuracies[0]
+
+    @property
+    def holds(self) -> bool:
+        return self.tau < 0 and self.gain > (self.spread or 0.0)
+
+    def text(self) -> str:
+        against = f"the seed-to-seed spread {self.spread:.3f}" if self.spread is not None else "0 (one seed)"
+        return (f"{LABELS.get(self.strategy, self.strategy)}: {self.accuracies[0]:.3f} at σ = {self.sigmas[0]:.3g} → "
+                f"{self.accuracies[1]:.3f} at σ = {self.sigmas[1]:.3g} (gain {self.gain:+.3f} against {against}; "
+                f"Kendall τ(σ, accuracy) = {self.tau:+.2f}): accuracy "
+                + ("rises as noise falls" if self.holds else "does not clearly rise as noise falls") + ".")
+
+
+def noise_trends(runs: Sequence[PrivateRun], spread: float | None = None,
+                 metric: str = "final_accuracy") -> list[NoiseTrend]:
+    """:class:`NoiseTrend` of every strategy with at least two σ values in ``runs``."""
+    trends = []
+    for strategy, group in by_strategy(runs).items():  # each group by decreasing σ
+        if len(group) < 2:
+            continue
+        values = [getattr(r, metric) for r in group]
+        trends.append(NoiseTrend(strategy, (group[0].noise_multiplier, group[-1].noise_multiplier),
+                                 (values[0], values[-1]), kendall_tau([r.noise_multiplier for r in group], values), spread))
+    return trends
+
+
+def claims_text(order: OrderClaim, trends: Sequence[NoiseTrend]) -> str:
+    return "\n".join([order.text(), *(trend.text() for trend in trends)])
+
+
+def claims_summary(order: OrderClaim, trends: Sequence[NoiseTrend]) -> dict[str, Any]:
+    """The verdicts, JSON-ready, for ``results.json``."""
+    return {"order_as_paper": order.holds, "order_beyond_seed_spread": order.resolved,
+            "accuracy_rises_as_noise_falls": {t.strategy: t.holds for t in trends}}
+
+
+# --- result keys (fedrepro/paper_results/02.yaml) and what a run records ---------------------------
+
+MAX_EPSILON = "sweep/max_epsilon"
+MIN_EPSILON = "sweep/min_epsilon"
+BASELINE_ACCURACY = "baseline/accuracy"
+SEED_SPREAD = "repeats/max_seed_spread"
+
+
+def final_key(strategy: str) -> str:
+    """Test accuracy of ``strategy`` at the smallest σ (the paper's 'last run')."""
+    return f"final/{strategy}/accuracy"
+
+
+def mean_key(strategy: str) -> str:
+    return f"sweep/{strategy}/mean_accuracy"
+
+
+def paper_list_key(sigma: float) -> str:
+    return f"paper_list/sigma={sigma:g}/accuracy"
+
+
+def clip_only_key(strategy: str) -> str:
+    return f"clip_only/{strategy}/accuracy"
+
+
+def extension_key(clients: int, strategy: str) -> str:
+    return f"clients={clients}/{strategy}/accuracy"
+
+
+def paper_final(report) -> dict[str, float | None]:
+    """The paper's accuracy of each strategy at its last run (Figure 3's stars)."""
+    return {strategy: report.reported(final_key(strategy)) for strategy in PAPER_ORDER}
+
+
+def record_results(report, params: ClippingParameters, baseline: PrivateRun, runs: Sequence[PrivateRun],
+                   list_runs: Sequence[PrivateRun], repeats: Sequence[PrivateRun], clip_runs: Sequence[PrivateRun],
+                   verdict: Mapping[str, Any], extension: Extension | None,
+                   claims: Mapping[str, Any] | None = None) -> None:
+    """Every number of the run into ``report`` under its key, and every run (without its model)."""
+    smallest, rounds, delta = params.smallest_sigma, params.rounds, params.delta
+    for run in runs:
+        if run.noise_multiplier == smallest:
+            report.measure(final_key(run.strategy), run.final_accuracy,
+                           setting=f"test accuracy, {LABELS[run.strategy]} clipping, σ = {smallest:g} ({rounds} rounds)")
+    report.measure(MAX_EPSILON, max(r.epsilon for r in runs),
+                   setting=f"ε at σ = {smallest:g} ({params.accountant.upper()}, δ = {delta:g}, composed over {rounds} rounds)")
+    report.measure(MIN_EPSILON, min(r.epsilon for r in runs), setting=f"ε at σ = {max(params.noise_multipliers):g}")
+    report.measure(BASELINE_ACCURACY, baseline.final_accuracy, setting="non-private FedAvg test accuracy")
+    for strategy, value in verdict["means"].items():
+        report.measure(mean_key(strategy), value,
+                       setting=f"{LABELS[strategy]}: test accuracy averaged over the σ sweep")
+    for run in list_runs:
+        report.measure(paper_list_key(run.noise_multiplier), run.final_accuracy,
+                       setting=f"test accuracy, the paper's per-layer list, σ = {run.noise_multiplier:g}")
+    for run in clip_runs:
+        report.measure(clip_only_key(run.strategy), run.final_accuracy,
+                       setting=f"test accuracy, {LABELS[run.strategy]} clipping without noise (σ = 0)")
+    if verdict["seed_spread"] is not None:
+        report.measure(SEED_SPREAD, verdict["seed_spread"], setting=f"largest seed-to-seed accuracy range at σ = {smallest:g}")
+    if extension is not None:
+        for run in extension.runs:
+            if run.noise_multiplier == min(params.extension_noise_multipliers):
+                report.measure(extension_key(params.extension_clients, run.strategy), run.final_accuracy,
+                               setting=f"{params.extension_clients} clients, {LABELS[run.strategy]}, "
+                                       f"σ = {run.noise_multiplier:g} (ε = {run.epsilon:.3g})")
+    report.parameters["runs"] = [r.as_dict() for r in [*runs, *list_runs, *repeats, *clip_runs]]
+    report.parameters["order_holds"] = verdict["order_holds"]
+    if claims is not None:
+        report.parameters["claims"] = dict(claims)

@@ -1,4 +1,9 @@
-"""Paper 02's figures from a noise sweep: accuracy vs ε, per-layer gradient magnitudes, strategies compared."""
+"""Paper 02's figures (Morelle 2024), drawn from the runs of :mod:`fedrepro.papers.p02_clipping`.
+
+Figure 1 (accuracy against ε), Figure 2 (per-layer gradient magnitudes), Figure 3 (the three clipping
+strategies across the noise sweep), the adaptive thresholds per round, the same sweep over more
+clients (beyond the paper) and a σ slider over a finished sweep.
+"""
 from __future__ import annotations
 
 import math
@@ -45,6 +50,16 @@ def plot_accuracy_vs_epsilon(runs: Sequence[PrivateRun], strategies: Sequence[st
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_client_counts(runs: Sequence[PrivateRun], baseline: PrivateRun, wide_runs: Sequence[PrivateRun],
+                       wide_baseline: PrivateRun, metric: str = "final_accuracy") -> Figure:
+    """Figure 1 for the paper's clients (left) beside the same images over more clients (right), same y-axis."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    plot_accuracy_vs_epsilon(runs, baseline=baseline, metric=metric, title=f"{runs[0].num_clients} clients", ax=axes[0])
+    plot_accuracy_vs_epsilon(wide_runs, baseline=wide_baseline, metric=metric,
+                             title=f"{wide_runs[0].num_clients} clients", ax=axes[1])
     return fig
 
 

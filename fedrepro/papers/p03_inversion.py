@@ -6,6 +6,12 @@ gradient as a client would, the server runs Inverting Gradients on it, and the r
 originals, the reconstructions and their per-image MSE / PSNR / SSIM (:mod:`fedrepro.metrics`
 conventions: de-normalised images in [0, 1], data range 1, per image then averaged).
 
+Everything notebook 03 runs is here, so that a test reaches it: :class:`InversionParams` (its
+parameters, checked), :class:`InversionStudy` (each section's rows, every network trained once,
+every number recorded under the keys of :func:`state_key` & co.), :func:`claim_checks` (the slides'
+claims against the rows). Defenses are :class:`fedrepro.defenses.spec.Defense` specs:
+``gaussian:var…`` (the slides' σ² is a variance) and ``prune:ratio…``.
+
 Choices that change numbers, made once here:
 
 - **BatchNorm mode.** The victim computes its gradient in **eval mode** by default (BatchNorm uses
@@ -26,6 +32,7 @@ Choices that change numbers, made once here:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,14 +46,126 @@ from tqdm.auto import tqdm
 
 from fedrepro import metrics
 from fedrepro.attacks import ATTACKS, LocalTraining, ServerView, client_update, run_attack
-from fedrepro.data import ImageDataset
-from fedrepro.defenses import DEFENSES
+from fedrepro.attacks.victims import pick_victims
+from fedrepro.augment import CropFlip
+from fedrepro.data import ImageDataset, load_dataset, subsample
+from fedrepro.defenses.spec import Defense
 from fedrepro.fl import OPTIMIZERS, FedAvgConfig, batch_order, evaluate, model_loss
+from fedrepro.models import MODELS, count_parameters
+from fedrepro.registry import check_choices
+from fedrepro.results import Report
 from fedrepro.runtime import generator, get_device
 
 #: Notebook 03's experiments, for its ``experiments`` parameter.
 EXPERIMENTS = ("training", "architectures", "noise", "pruning", "multistep")
 BATCHNORM_MODES = ("eval", "train")
+STATES = ("untrained", "partially trained", "trained", "trained, no augmentation")
+"""The network states :func:`training_states` returns; the last only for ``no_augmentation_models``."""
+
+
+# --- parameters -------------------------------------------------------------------------------------
+
+@dataclass
+class InversionParams:
+    """Everything notebook 03 varies, checked once (its parameters cell, written whole to results.json).
+
+    Per-model values (``victims``, ``iterations``, ``tv_weights``, ``train_epochs``) map a model name,
+    or ``"default"``, to its value. Defaults are the smoke tier's.
+    """
+
+    seed: int = 0
+    dataset: str = "cifar10"
+    experiments: list[str] = field(default_factory=lambda: ["training", "noise", "pruning", "multistep"])
+    training_models: list[str] = field(default_factory=lambda: ["cnn"])
+    no_augmentation_models: list[str] = field(default_factory=lambda: ["cnn"])
+    architectures: list[str] = field(default_factory=lambda: ["resnet18", "resnet34", "resnet50", "mobilenetv2"])
+    defense_model: str = "cnn"
+    defense_state: str = "trained"
+    noise_variances: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
+    prune_ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    victims: dict[str, int] = field(default_factory=lambda: {"default": 2})
+    iterations: dict[str, int] = field(default_factory=lambda: {"default": 100})
+    tv_weights: dict[str, float] = field(default_factory=lambda: {"default": 0.01})
+    restarts: int = 1
+    batchnorm: str = "eval"
+    train_samples: int | None = 1000
+    test_samples: int | None = 1000
+    train_epochs: dict[str, float] = field(default_factory=lambda: {"default": 1.0})
+    partial_fraction: float = 0.1
+    batch_size: int = 64
+    lr: float = 0.001
+    claim_tolerance: float = 0.5
+    explorer_images: int = 4
+    multistep_model: str = "cnn"
+    multistep_state: str = "untrained"
+    multistep_victims: int = 1
+    multistep_images: int = 2
+    multistep_steps: list[int] = field(default_factory=lambda: [1, 5])
+    multistep_lrs: list[float] = field(default_factory=lambda: [0.01])
+    multistep_batch_size: int | None = None
+    multistep_iterations: int = 30
+    torch_threads: int | None = 1
+    device: str = "auto"
+    data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        self.experiments = check_choices("experiments", self.experiments, EXPERIMENTS)
+        for name in ("training_models", "no_augmentation_models", "architectures"):
+            setattr(self, name, check_choices(name, getattr(self, name), MODELS.names()))
+        for name in ("defense_model", "multistep_model"):
+            check_choices(name, [getattr(self, name)], MODELS.names())
+        for name, model in (("defense_state", self.defense_model), ("multistep_state", self.multistep_model)):
+            state = getattr(self, name)
+            check_choices(name, [state], STATES)
+            if state == STATES[-1] and model not in self.no_augmentation_models:
+                raise ValueError(f"{name}={state!r} needs {model!r} in no_augmentation_models, "
+                                 f"got {self.no_augmentation_models}")
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {self.batchnorm!r}")
+        self.noise_variances, self.prune_ratios = list(self.noise_variances), list(self.prune_ratios)
+        self.multistep_steps, self.multistep_lrs = list(self.multistep_steps), list(self.multistep_lrs)
+        _check_all("noise_variances", self.noise_variances, lambda v: v >= 0, ">= 0 (σ², a variance)")
+        _check_all("prune_ratios", self.prune_ratios, lambda r: 0 <= r <= 1, "in [0, 1]")
+        for name, valid, words in (("victims", _positive_int, "a positive integer"),
+                                   ("iterations", _positive_int, "a positive integer"),
+                                   ("tv_weights", lambda v: v >= 0, ">= 0"),
+                                   ("train_epochs", lambda v: v > 0, "> 0")):
+            values = getattr(self, name)
+            if not isinstance(values, Mapping):
+                raise ValueError(f"{name} maps model names (or 'default') to values, got {values!r}")
+            _check_all(name, list(values.values()), valid, words)
+            missing = [m for m in self.used_models() if m not in values and "default" not in values]
+            if missing:
+                raise ValueError(f"{name} has no entry for {missing} (nor 'default'): {dict(values)}")
+        for name in ("restarts", "batch_size", "explorer_images", "multistep_victims", "multistep_images",
+                     "multistep_iterations"):
+            _check_all(name, [getattr(self, name)], _positive_int, "a positive integer")
+        for name in ("train_samples", "test_samples", "multistep_batch_size", "torch_threads"):
+            if getattr(self, name) is not None:
+                _check_all(name, [getattr(self, name)], _positive_int, "a positive integer or None")
+        _check_all("multistep_steps", self.multistep_steps, _positive_int, "positive integers (local steps K)")
+        _check_all("multistep_lrs", self.multistep_lrs, lambda v: v > 0, "> 0")
+        _check_all("lr", [self.lr], lambda v: v > 0, "> 0")
+        _check_all("claim_tolerance", [self.claim_tolerance], lambda v: v >= 0, ">= 0 (dB)")
+        if not 0 < self.partial_fraction < 1:
+            raise ValueError(f"partial_fraction must be in (0, 1), got {self.partial_fraction}")
+
+    def used_models(self) -> list[str]:
+        """The networks the chosen experiments attack, each once, in the order they first appear."""
+        used = self.training_models if "training" in self.experiments else []
+        used = used + (self.architectures if "architectures" in self.experiments else [])
+        used = used + ([self.defense_model] if {"noise", "pruning"} & set(self.experiments) else [])
+        return list(dict.fromkeys(used + ([self.multistep_model] if "multistep" in self.experiments else [])))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_all(name: str, values: Sequence[Any], valid: Callable[[Any], bool], words: str) -> None:
+    bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool) or not valid(v)]
+    if bad:
+        raise ValueError(f"{name} must be {words}, got {bad} in {values}")
 
 
 # --- models -----------------------------------------------------------------------------------------
@@ -80,42 +199,7 @@ def per_model(values: Mapping[str, Any], name: str, what: str) -> Any:
 # --- victims and training --------------------------------------------------------------------------
 
 @dataclass
-class CropFlip:
-    """Random crop with zero padding and horizontal flip of a normalised batch (a ``batch_transform``).
-
-    Padding is with zeros in pixel space (black), as torchvision's ``RandomCrop(32, padding=4)``.
-    Draws come from a seeded generator, so a training run is reproducible.
-    """
-
-    mean: Sequence[float]
-    std: Sequence[float]
-    padding: int = 4
-    seed: int = 0
-    _generator: torch.Generator = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._generator = generator(self.seed, "crop-flip")
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, c, h, w = x.shape
-        p = self.padding
-        black = (-torch.tensor(self.mean, dtype=x.dtype) / torch.tensor(self.std, dtype=x.dtype)).to(x.device)
-        padded = black.view(1, c, 1, 1).expand(n, c, h + 2 * p, w + 2 * p).clone()
-        padded[:, :, p:p + h, p:p + w] = x
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=self._generator)
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=self._generator)
-        flip = torch.rand(n, generator=self._generator) < 0.5
-        rows = (dy.view(n, 1) + torch.arange(h)).to(x.device)
-        cols = (dx.view(n, 1) + torch.arange(w)).to(x.device)
-        cols = torch.where(flip.to(x.device).view(n, 1), cols.flip(1), cols)
-        images = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-        channels = torch.arange(c, device=x.device).view(1, c, 1, 1)
-        out = padded[images, channels, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
-        return out, y
-
-
-@dataclass
-class TrainedModel:
+class Snapshot:
     """A snapshot of a training run: the model (eval mode), optimizer steps taken, test accuracy."""
 
     model: nn.Module
@@ -132,7 +216,7 @@ def training_steps(epochs: float, num_images: int, batch_size: int) -> int:
 
 def train_snapshots(model: nn.Module, train: ImageDataset, test: ImageDataset, steps: Sequence[int], *,
                     batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam", augment: bool = False,
-                    seed: int = 0, device: str = "auto", progress: bool = True) -> dict[int, TrainedModel]:
+                    seed: int = 0, device: str = "auto", progress: bool = True) -> dict[int, Snapshot]:
     """Train ``model`` (in place) for ``max(steps)`` optimizer steps; keep a copy after each count in ``steps``.
 
     Step 0 is the untrained model. One optimizer (``fedrepro.fl.OPTIMIZERS``) for the whole run,
@@ -151,11 +235,11 @@ def train_snapshots(model: nn.Module, train: ImageDataset, test: ImageDataset, s
     transform = CropFlip(train.mean, train.std, seed=seed) if augment else None
     per_epoch = int(math.ceil(len(y) / batch_size))
     started = time.perf_counter()
-    snapshots: dict[int, TrainedModel] = {}
+    snapshots: dict[int, Snapshot] = {}
 
     def snapshot(step: int) -> None:
         copy_ = copy.deepcopy(model).eval()
-        snapshots[step] = TrainedModel(copy_, step, step / per_epoch, evaluate(copy_, x_test, y_test)[1],
+        snapshots[step] = Snapshot(copy_, step, step / per_epoch, evaluate(copy_, x_test, y_test)[1],
                                        time.perf_counter() - started)
 
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -185,7 +269,7 @@ def train_snapshots(model: nn.Module, train: ImageDataset, test: ImageDataset, s
 def training_states(name: str, train: ImageDataset, test: ImageDataset, *, epochs: float, partial_fraction: float,
                     augment: bool = True, compare_no_augmentation: bool = False, batch_size: int = 64,
                     lr: float = 1e-3, optimizer: str = "adam", seed: int = 0, device: str = "auto",
-                    progress: bool = True) -> dict[str, TrainedModel]:
+                    progress: bool = True) -> dict[str, Snapshot]:
     """The slides' network states: untrained, partially trained (``partial_fraction`` of the steps of
     the same run), trained (``epochs`` over ``train``), and optionally trained without augmentation."""
     steps = training_steps(epochs, len(train), batch_size)
@@ -204,30 +288,38 @@ def training_states(name: str, train: ImageDataset, test: ImageDataset, *, epoch
 
 # --- defenses --------------------------------------------------------------------------------------
 
-def make_defense(kind: str | None, strength: float | None = None):
-    """A gradient defense from the slides' parametrisation: ``gaussian`` takes the **variance** σ²
-    (std = √σ²), ``laplacian`` its scale, ``prune`` the ratio of zeroed entries; ``None``/``none`` = no defense."""
-    if kind is None or kind == "none":
-        return None
-    if kind == "gaussian":
-        return DEFENSES.get("gaussian")(std=math.sqrt(strength))
-    if kind == "laplacian":
-        return DEFENSES.get("laplacian")(scale=strength)
-    if kind == "prune":
-        return DEFENSES.get("prune")(ratio=strength)
-    if kind == "int8":
-        return DEFENSES.get("int8")()
-    raise ValueError(f"unknown defense {kind!r}; choose none, gaussian, laplacian, prune or int8")
+def noise_defense(variance: float) -> Defense:
+    """The slides' naive noise: N(0, σ²) on every gradient entry, σ² the **variance** (std = √σ²)."""
+    return Defense.of("gaussian", var=variance)
 
 
-def defense_label(kind: str | None, strength: float | None = None) -> str:
-    if kind is None or kind == "none":
+def prune_defense(ratio: float) -> Defense:
+    """Gradient pruning: the ``ratio`` of smallest-magnitude entries of every layer set to 0."""
+    return Defense.of("prune", ratio=ratio)
+
+
+DEFENSE_EXPERIMENTS: dict[str, Callable[[float], Defense]] = {"noise": noise_defense, "pruning": prune_defense}
+"""The defense experiments and how each turns one of its strengths into a defense."""
+
+
+def defense_label(defense: Defense) -> str:
+    """The slides' wording of a defense: ``σ² = 0.1``, ``pruned 25%``, ``no defense``; else the spec."""
+    if defense.kind == "none":
         return "no defense"
-    if kind == "gaussian":
-        return f"σ² = {strength:g}"
-    if kind == "prune":
-        return f"pruned {100 * strength:g}%"
-    return f"{kind} {strength:g}" if strength is not None else kind
+    if defense.kind == "gaussian" and defense["var"] is not None:
+        return f"σ² = {defense['var']:g}"
+    if defense.kind == "gc":
+        return f"pruned {100 * defense['p']:g}%"
+    return defense.label
+
+
+def defense_strength(defense: Defense) -> float:
+    """The number a defense experiment varies: σ² for noise, the pruned ratio for pruning."""
+    if defense.kind == "gaussian" and defense["var"] is not None:
+        return defense["var"]
+    if defense.kind == "gc":
+        return defense["p"]
+    raise ValueError(f"{defense.label} is not one of paper 03's defenses (gaussian:var…, prune:ratio…)")
 
 
 # --- one experiment row ----------------------------------------------------------------------------
@@ -323,6 +415,206 @@ def multistep_rows(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return rows
 
 
+# --- result keys -----------------------------------------------------------------------------------
+
+def state_key(model: str, state: str) -> str:
+    """``training/cnn/trained_no_augmentation``: a network state's key (then ``/psnr``, ``/ssim``, ``/accuracy``)."""
+    return f"training/{model}/{state.replace(', ', '_').replace(' ', '_')}"
+
+
+def architecture_key(model: str) -> str:
+    return f"architectures/{model}"
+
+
+def baseline_key(model: str) -> str:
+    """The undefended attack on the defended network, shared by the noise and pruning tables."""
+    return f"defenses/{model}/none"
+
+
+def defense_key(experiment: str, model: str, defense: Defense) -> str:
+    """``noise/cnn/0.01`` (σ²), ``pruning/cnn/0.25`` (ratio)."""
+    return f"{experiment}/{model}/{defense_strength(defense):g}"
+
+
+def multistep_key(model: str, row: InversionRow) -> str:
+    """``multistep/cnn/gradient`` or ``multistep/cnn/update_K5_lr0.01``."""
+    steps = row.info["steps"]
+    return f"multistep/{model}/" + ("gradient" if steps == 0 else f"update_K{steps}_lr{row.info['lr']:g}")
+
+
+# --- the study: every experiment of notebook 03 -----------------------------------------------------
+
+class InversionStudy:
+    """Notebook 03's experiments on one set of victims, each network trained once and reused.
+
+    Every row is recorded in ``report`` under the keys above (mean PSNR and SSIM over the victims),
+    and kept in :attr:`rows` by experiment, which the claim checks read.
+    """
+
+    def __init__(self, params: InversionParams, report: Report, train: ImageDataset, test: ImageDataset,
+                 source: ImageDataset, log: Callable[[str], None] = print) -> None:
+        self.params, self.report, self.log = params, report, log
+        self.train, self.test, self.source = train, test, source
+        counts = [per_model(params.victims, name, "victims") for name in params.used_models()]
+        self.victim_index = pick_victims(source, max(counts, default=0), params.seed, policy="class_cycle")
+        self.victim_images, self.victim_labels = source.images[self.victim_index], source.labels[self.victim_index]
+        self.states: dict[str, dict[str, Snapshot]] = {}
+        self.rows: dict[str, list[InversionRow]] = {}
+        self._baselines: dict[str, InversionRow] = {}
+
+    @classmethod
+    def load(cls, params: InversionParams, report: Report, log: Callable[[str], None] = print) -> "InversionStudy":
+        """Training and accuracy subsets of ``params.dataset`` (seeded), victims from its test set."""
+        train_full = load_dataset(params.dataset, "train", root=params.data_root)
+        test_full = load_dataset(params.dataset, "test", root=params.data_root)
+        train = train_full.subset(subsample(len(train_full), params.train_samples, params.seed))
+        test = test_full.subset(subsample(len(test_full), params.test_samples, params.seed))
+        return cls(params, report, train, test, test_full, log)
+
+    # descriptions ---------------------------------------------------------------------------------
+
+    def victim_names(self) -> list[str]:
+        return [self.source.classes[c] for c in self.victim_labels.tolist()]
+
+    def describe_data(self) -> str:
+        return (f"training on {len(self.train):,} images, accuracy on {len(self.test):,} test images; "
+                f"{len(self.victim_index)} victims: " + ", ".join(self.victim_names()))
+
+    def victims_figure(self) -> Figure:
+        from fedrepro.plots import image_grid
+
+        return image_grid([self.victim_images.float() / 255], ["victims"], [self.victim_names()])
+
+    def network_facts(self) -> str:
+        """Parameter counts, and what each noise / pruning strength does to the CNN's gradient."""
+        p = self.params
+        lines = [f"{name}: {count_parameters(build_paper_model(name, self.train, p.seed)):,} parameters"
+                 for name in p.used_models()]
+        cnn = build_paper_model("cnn", self.train, p.seed)
+        stds = [noise_defense(variance).gradient_defense().std for variance in p.noise_variances]
+        lines += [f"σ² = {variance:g}: noise std {std:.4g} per gradient entry"
+                  for variance, std in zip(p.noise_variances, stds)]
+        for ratio in p.prune_ratios:
+            zeroed = sum(math.floor(ratio * w.numel() + 1e-9) for w in cnn.parameters())
+            lines.append(f"pruning {ratio:.0%}: {zeroed:,} of the CNN's {count_parameters(cnn):,} gradient entries "
+                         "set to 0")
+        return "\n".join(lines)
+
+    # building blocks ------------------------------------------------------------------------------
+
+    def snapshots(self, name: str) -> dict[str, Snapshot]:
+        """Train a network once (snapshots of one run) and reuse it in every experiment."""
+        p = self.params
+        if name not in self.states:
+            self.states[name] = training_states(
+                name, self.train, self.test, epochs=per_model(p.train_epochs, name, "train_epochs"),
+                partial_fraction=p.partial_fraction, augment=True,
+                compare_no_augmentation=name in p.no_augmentation_models, batch_size=p.batch_size, lr=p.lr,
+                seed=p.seed, device=p.device)
+            self.log(f"{name}: " + ", ".join(f"{state} {s.accuracy:.1%} after {s.epochs:.2g} epochs"
+                                             for state, s in self.states[name].items()) + " (test accuracy)")
+        return self.states[name]
+
+    def attack(self, name: str, snapshot: Snapshot, experiment: str, setting: str,
+               defense: Defense | None = None) -> InversionRow:
+        """Every victim of this model sends its gradient (through ``defense``); the server inverts them all."""
+        p = self.params
+        count = per_model(p.victims, name, "victims")
+        options = attack_options(per_model(p.iterations, name, "iterations"), p.restarts,
+                                 per_model(p.tv_weights, name, "tv_weights"))
+        return attack_row(snapshot.model.to(get_device(p.device)), self.victim_images[:count],
+                          self.victim_labels[:count], self.source, experiment=experiment, setting=setting,
+                          attack_options=options, defense=None if defense is None else defense.gradient_defense(),
+                          batchnorm=p.batchnorm, seed=p.seed,
+                          info=dict(model=name, accuracy=snapshot.accuracy,
+                                    parameters=count_parameters(snapshot.model)))
+
+    def measure(self, row: InversionRow, key: str) -> None:
+        summary = row.summary()
+        where = f"{row.experiment}: {row.setting}"
+        self.report.measure(f"{key}/psnr", summary["psnr_mean"], setting=f"{where}, mean PSNR (dB)")
+        self.report.measure(f"{key}/ssim", summary["ssim_mean"], setting=f"{where}, mean SSIM")
+
+    # the experiments ------------------------------------------------------------------------------
+
+    def training(self) -> list[InversionRow]:
+        """Section 1: each training model in each state (untrained, partially trained, trained, …)."""
+        rows = self.rows["training"] = []
+        for name in self.params.training_models:
+            for state, snapshot in self.snapshots(name).items():
+                row = self.attack(name, snapshot, "training", f"{name}: {state}")
+                rows.append(row)
+                self.measure(row, state_key(name, state))
+                self.report.measure(f"{state_key(name, state)}/accuracy", 100 * snapshot.accuracy,
+                                    setting=f"{name} {state}: test accuracy (%)")
+        return rows
+
+    def architectures(self) -> list[InversionRow]:
+        """Section 2: each architecture, trained."""
+        rows = self.rows["architectures"] = []
+        for name in self.params.architectures:
+            row = self.attack(name, self.snapshots(name)["trained"], "architectures", f"{name} (trained)")
+            rows.append(row)
+            self.measure(row, architecture_key(name))
+        return rows
+
+    def defense(self, experiment: str) -> list[InversionRow]:
+        """Sections 3 and 4: the undefended attack, then one row per strength of ``experiment``'s defense."""
+        p = self.params
+        model, state = p.defense_model, p.defense_state
+        defenses = [DEFENSE_EXPERIMENTS[experiment](strength)
+                    for strength in {"noise": p.noise_variances, "pruning": p.prune_ratios}[experiment]]
+        snapshot = self.snapshots(model)[state]
+        rows = [self.baseline(snapshot)]
+        rows += [self.attack(model, snapshot, experiment, f"{model} {state}: {defense_label(d)}", defense=d)
+                 for d in defenses]
+        for row, defense in zip(rows[1:], defenses):
+            self.measure(row, defense_key(experiment, model, defense))
+        self.rows[experiment] = rows
+        return rows
+
+    def baseline(self, snapshot: Snapshot) -> InversionRow:
+        """The undefended row of the defense tables; the training experiment's row when it ran this very attack."""
+        model, state = self.params.defense_model, self.params.defense_state
+        if model not in self._baselines:
+            same = [r for r in self.rows.get("training", []) if r.setting == f"{model}: {state}"]
+            row = same[0] if same else self.attack(model, snapshot, "no defense", "")
+            self._baselines[model] = dataclasses.replace(row, experiment="no defense",
+                                                         setting=f"{model} {state}: no defense")
+            self.measure(self._baselines[model], baseline_key(model))
+        return self._baselines[model]
+
+    def multistep(self) -> list[InversionRow]:
+        """Section 5: each client's gradient, then its model update after K local steps, per local lr."""
+        p = self.params
+        index = pick_victims(self.source, p.multistep_victims * p.multistep_images, p.seed, policy="class_cycle")
+        model = (build_paper_model(p.multistep_model, self.train, p.seed) if p.multistep_state == "untrained"
+                 else self.snapshots(p.multistep_model)[p.multistep_state].model).to(get_device(p.device))
+        options = attack_options(p.multistep_iterations, p.restarts,
+                                 per_model(p.tv_weights, p.multistep_model, "tv_weights"))
+        rows = self.rows["multistep"] = multistep_rows(
+            model, self.source.images[index], self.source.labels[index], self.source,
+            images_per_victim=p.multistep_images, steps=p.multistep_steps, lrs=p.multistep_lrs,
+            batch_size=p.multistep_batch_size, options=options, batchnorm=p.batchnorm, seed=p.seed)
+        for row in rows:
+            self.measure(row, multistep_key(p.multistep_model, row))
+        self.log(f"{p.multistep_model} ({p.multistep_state}), {p.multistep_victims} clients × "
+                 f"{p.multistep_images} images")
+        return rows
+
+    def explorer_rows(self) -> list[InversionRow]:
+        """The noise rows, then the pruning rows without their repeated undefended row."""
+        return self.rows.get("noise", []) + self.rows.get("pruning", [])[1:]
+
+    def claims(self) -> list[ClaimCheck]:
+        """Check the slides' claims on the rows measured so far; record each claim's share of agreeing networks."""
+        checks = claim_checks(self.rows, self.params.training_models, self.params.defense_model,
+                              self.params.claim_tolerance)
+        for key, score in claim_scores(checks).items():
+            self.report.measure(key, score)
+        return [check for _, results in checks for check in results]
+
+
 # --- tables, figures, the explorer ---------------------------------------------------------------
 
 def results_table(rows: Sequence[InversionRow], extra: Sequence[str] = ()) -> str:
@@ -357,6 +649,12 @@ def reconstruction_grid(rows: Sequence[InversionRow], max_images: int | None = N
     labels = ["original"] + [row.setting for row in rows]
     captions = [[""] * n] + [row.captions()[:n] for row in rows]
     return image_grid(images, labels, captions, scale=scale)
+
+
+def training_grids(rows: Sequence[InversionRow], max_images: int | None = None) -> list[Figure]:
+    """One :func:`reconstruction_grid` per network of the training experiment, its states in order."""
+    models = dict.fromkeys(row.info["model"] for row in rows)
+    return [reconstruction_grid([r for r in rows if r.info["model"] == name], max_images) for name in models]
 
 
 def defense_explorer(rows: Sequence[InversionRow], max_images: int | None = None):
@@ -446,3 +744,56 @@ def claims_table(checks: Sequence[ClaimCheck]) -> str:
     lines = ["| claim (slides) | our numbers agree? | evidence |", "|---|---|---|"]
     lines += [f"| {c.statement} | {'yes' if c.holds else '**no**'} | {c.evidence} |" for c in checks]
     return "\n".join(lines)
+
+
+def claim_checks(rows: Mapping[str, Sequence[InversionRow]], training_models: Sequence[str], defense_model: str,
+                 tolerance: float) -> list[tuple[str, list[ClaimCheck]]]:
+    """The slides' claims on the measured ``rows`` (by experiment), each with one check per network tested.
+
+    Training claims read the training rows by ``(model, state)``; the width claims need trained ResNet-18
+    and ResNet-50 rows; a defense "degrades" when the mean PSNR never rises by more than ``tolerance`` dB
+    from one strength to the next and ends below the undefended row (the first).
+    """
+    checks: list[tuple[str, list[ClaimCheck]]] = []
+    if "training" in rows:
+        by_state = {(r.info["model"], r.setting.split(": ", 1)[1]): r for r in rows["training"]}
+
+        def pairs(key: str, words: str, better: str, worse: str, models: Sequence[str]) -> None:
+            checks.append((key, [check_order(key, f"{words} ({name})", by_state[(name, better)],
+                                             by_state[(name, worse)]) for name in models]))
+
+        checks.append(("claim/recovery", [
+            check_recovered("claim/recovery", f"images can be recovered ({name}, untrained)",
+                            by_state[(name, "untrained")]) for name in training_models]))
+        pairs("claim/untrained_beats_trained", "untrained reconstructs better than trained", "untrained", "trained",
+              training_models)
+        pairs("claim/untrained_beats_partially_trained", "untrained better than partially trained", "untrained",
+              "partially trained", training_models)
+        plain = [name for name in training_models if (name, "trained, no augmentation") in by_state]
+        if plain:
+            pairs("claim/augmentation_hurts", "trained without augmentation better than with",
+                  "trained, no augmentation", "trained", plain)
+    if "architectures" in rows:
+        arch = {r.info["model"]: r for r in rows["architectures"]}
+        if {"resnet18", "resnet50"} <= set(arch):
+            checks.append(("claim/width_helps", [check_order("claim/width_helps",
+                                                             "wider ResNet-50 better than ResNet-18",
+                                                             arch["resnet50"], arch["resnet18"])]))
+            checks.append(("claim/width_spreads", [check_spread("claim/width_spreads",
+                                                                "wider ResNet-50 varies more than ResNet-18",
+                                                                arch["resnet50"], arch["resnet18"])]))
+    for experiment in DEFENSE_EXPERIMENTS:
+        if experiment in rows:
+            checks.append((f"claim/{experiment}_degrades", [check_decreasing(
+                f"claim/{experiment}_degrades", f"reconstructions degrade with stronger {experiment} ({defense_model})",
+                rows[experiment], tolerance=tolerance)]))
+            checks.append((f"claim/{experiment}_destroys", [check_order(
+                f"claim/{experiment}_destroys",
+                f"the strongest {experiment} is worse than no defense ({defense_model})",
+                rows[experiment][0], rows[experiment][-1])]))
+    return checks
+
+
+def claim_scores(checks: Sequence[tuple[str, Sequence[ClaimCheck]]]) -> dict[str, float]:
+    """Each claim's share of the networks on which our numbers agree (1 = all, 0 = none)."""
+    return {key: sum(c.holds for c in results) / len(results) for key, results in checks}

@@ -9,8 +9,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from fedrepro.papers.p04_cvb import Leakage
 from fedrepro.metrics import ASR_THRESHOLD
+from fedrepro.papers.p04_leakage import Leakage
 from fedrepro.plots import image_grid
 
 ACCURACY_COLOR, SSIM_COLOR = "#1b9e77", "#d95f02"
@@ -123,6 +123,18 @@ def reconstruction_grid(leakages: Sequence[Leakage], labels: Sequence[str] | Non
     names = ["original"] + list(labels or [found.setting for found in leakages])
     captions = [[""] * count] + [[f"SSIM {v:.2f}" for v in found.ssim[:count]] for found in leakages]
     return image_grid(rows, row_labels=names, captions=captions, scale=scale)
+
+
+def reconstruction_grids(grids: Mapping[str, tuple[Sequence[Leakage], Sequence[str]]], count: int = 8,
+                         title: str = "", tier: str = "") -> list[Figure]:
+    """One :func:`reconstruction_grid` per entry of ``grids`` (e.g. Figure 10's datasets, from
+    :func:`~fedrepro.papers.p04_tables.figure_10`), titled ``"<title>: <name> (<tier> tier)"``."""
+    figures = []
+    for name, (leakages, labels) in grids.items():
+        fig = reconstruction_grid(leakages, labels, count=count)
+        fig.suptitle(f"{title}: {name}" + (f" ({tier} tier)" if tier else ""), y=1.02)
+        figures.append(fig)
+    return figures
 
 
 def plot_ssim_spread(leakages: Sequence[Leakage], labels: Sequence[str] | None = None, title: str = "") -> Figure:

@@ -5,7 +5,10 @@
 * clipping strategies by name: ``flat``, ``per_layer_uniform``, ``per_layer_adaptive``, ``per_layer``
   (explicit list) — :mod:`fedrepro.privacy.clipping` says what a layer is and how M_j is measured.
 * accounting: :func:`epsilon_for`, :func:`noise_for_epsilon` (opacus RDP by default, PRV by name).
-* sweeps and plots for notebook 02: :mod:`fedrepro.papers.p02_clipping`, :mod:`fedrepro.papers.p02_plots`.
+
+These are mechanisms only. Paper 02's protocol built on them (its parameters, noise sweeps over the
+strategies, claim checks and result keys) is :mod:`fedrepro.papers.p02_clipping`; its figures are
+:mod:`fedrepro.papers.p02_plots`.
 """
 from fedrepro.privacy.accounting import (ACCOUNTANTS, DEFAULT_ACCOUNTANT, epsilon_for, epsilon_for_history,
                                          expected_batch_size, make_accountant, noise_for_epsilon, sample_rate,

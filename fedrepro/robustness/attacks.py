@@ -148,12 +148,12 @@ def fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = EPS, st
                               multi_targeted=False, n_classes=num_classes)
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), attack_mode(model):
-        adv = attack(x.detach(), y)
+        adv = attack(x.detach().contiguous(), y)  # torchattacks .view()s the images: channels-last fails
     return adv.detach().to(x.device)
 
 
 @dataclass(frozen=True)
-class AttackConfig:
+class AdversarialConfig:
     """An inference- or train-time attack: method and budget (paper 01: ε 8/255, step 2/255, 10 steps)."""
 
     method: str = "pgd"
@@ -167,7 +167,7 @@ class AttackConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown attack {self.method!r}; choose one of {METHODS}")
 
-    def replace(self, **changes) -> "AttackConfig":
+    def replace(self, **changes) -> "AdversarialConfig":
         return replace(self, **changes)
 
     @property
@@ -176,7 +176,7 @@ class AttackConfig:
         return {"fgsm": 1, "pgd": self.steps, "fab": 11 * self.steps}[self.method]
 
 
-def generate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AttackConfig = AttackConfig(),
+def generate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AdversarialConfig = AdversarialConfig(),
              generator: torch.Generator | None = None, seed: int = 0) -> torch.Tensor:
     """Adversarial versions of the [0, 1] images ``x`` (labels ``y``) against ``model`` with ``config``."""
     if config.method == "fgsm":
@@ -186,7 +186,7 @@ def generate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AttackC
     return fab(model, x, y, config.eps, config.steps, config.fab_restarts, seed=seed)
 
 
-def attack_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AttackConfig = AttackConfig(),
+def attack_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AdversarialConfig = AdversarialConfig(),
                    batch_size: int = 256, seed: int = 0, progress: bool = False) -> torch.Tensor:
     """:func:`generate` over a whole set of [0, 1] images in batches, on the model's device; returns CPU images."""
     from tqdm.auto import tqdm

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fedrepro.quantization import require_float
-from fedrepro.robustness.attacks import AttackConfig, attack_dataset, eval_mode, model_device
+from fedrepro.robustness.attacks import AdversarialConfig, attack_dataset, eval_mode, model_device
 
 
 def attack_images(dataset, count: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +58,7 @@ class WhiteBoxResult:
         return self.clean_accuracy - self.adversarial_accuracy
 
 
-def white_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AttackConfig = AttackConfig(),
+def white_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AdversarialConfig = AdversarialConfig(),
               batch_size: int = 256, seed: int = 0, progress: bool = False) -> WhiteBoxResult:
     """Attack the float ``model`` itself; clean and adversarial accuracy on the [0, 1] images ``x``."""
     require_float(model)
@@ -84,7 +84,7 @@ class TransferResult:
 
 
 def transfer(generators: dict[str, nn.Module], targets: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
-             config: AttackConfig = AttackConfig(), batch_size: int = 256, seed: int = 0,
+             config: AdversarialConfig = AdversarialConfig(), batch_size: int = 256, seed: int = 0,
              adversarial: dict[str, torch.Tensor] | None = None, progress: bool = False) -> TransferResult:
     """Examples made once per (float) generator, evaluated forward-only on every target.
 

@@ -44,7 +44,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from fedrepro.robustness.attacks import AttackConfig, Normalized, generate
+from fedrepro.robustness.attacks import AdversarialConfig, Normalized, generate
 from fedrepro.runtime import derive_seed
 
 LABELS = ("true", "predicted")
@@ -76,7 +76,7 @@ class AdversarialBatches:
     round (``AdversarialTrainer`` does).
     """
 
-    def __init__(self, share: float, attack: AttackConfig, mean: Sequence[float], std: Sequence[float],
+    def __init__(self, share: float, attack: AdversarialConfig, mean: Sequence[float], std: Sequence[float],
                  labels: str = "true", selection: str = "exact") -> None:
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"share must be in [0, 1], got {share}")
@@ -99,7 +99,7 @@ class AdversarialBatches:
         self.flipped = 0  # injected samples whose label differs from the true one ("predicted" labels)
 
     @classmethod
-    def for_dataset(cls, dataset, share: float, attack: AttackConfig, labels: str = "true",
+    def for_dataset(cls, dataset, share: float, attack: AdversarialConfig, labels: str = "true",
                     selection: str = "exact") -> "AdversarialBatches":
         return cls(share, attack, dataset.mean, dataset.std, labels, selection)
 
@@ -239,7 +239,7 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor
         return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 
-def poison_dataset(data, generator: nn.Module, share: float, attack: AttackConfig, labels: str = "predicted",
+def poison_dataset(data, generator: nn.Module, share: float, attack: AdversarialConfig, labels: str = "predicted",
                    seed: int = 0, batch_size: int = 256) -> PoisonedData:
     """Paper 01's adversarial dataset, made once before training ("static" train-time attacker).
 

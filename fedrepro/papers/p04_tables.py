@@ -1,0 +1,242 @@
+"""Paper 04's tables and figures: which settings each holds, their rows (measured through a
+:class:`~fedrepro.papers.p04_study.Study`), markdown beside the paper's numbers, and the claim checks.
+
+Notebook 04 calls one function per section; the loops over settings are here, where a test reaches them.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from fedrepro.defenses.spec import Defense, format_value
+from fedrepro.papers.p04_leakage import Leakage, gradient_stochasticity
+from fedrepro.papers.p04_study import Study, parameter_key
+
+def paper_table(rows: Iterable[Mapping[str, Any]], report, tier: str, title: str = "",
+                columns: Sequence[str] = ("ssim", "asr", "accuracy")) -> str:
+    """A markdown table: each measured column beside the paper's value for the same key, with the tier."""
+    names = {"ssim": "SSIM ↓", "asr": "ASR [%] ↓", "accuracy": "accuracy [%] ↑", "parameters": "parameters"}
+    head = ["setting"]
+    for column in columns:
+        head += [f"{names.get(column, column)} ours", "paper"]
+    head.append("tier")
+    lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [str(row["label"])]
+        for column in columns:
+            value = row.get(column)
+            paper = report.reported(row[f"{column}_key"]) if f"{column}_key" in row and report is not None else None
+            if column == "ssim" and value is not None:
+                ours = f"{value:.2f} ± {row.get('ssim_std', 0):.2f}"
+            elif column == "parameters" and value is not None:
+                ours = f"{int(value):,}"
+            else:
+                ours = "—" if value is None else f"{value:.2f}"
+            cells += [ours, "—" if paper is None else (f"{int(paper):,}" if column == "parameters" else f"{paper:g}")]
+        cells.append(tier)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def claim_check(none: Mapping[str, Any], cvb: Mapping[str, Any], accuracy_tolerance: float = 5.0) -> list[str]:
+    """The paper's central claim on one dataset, checked on measured rows (no defense vs CVB)."""
+    lines = []
+    if "ssim" in none and "ssim" in cvb:
+        lines.append(f"{'✔' if none['ssim'] >= 0.5 else '✘'} without defense the attack succeeds: SSIM "
+                     f"{none['ssim']:.2f}, ASR {none['asr']:.1f}% (paper: high SSIM, ASR ≈ 97–100%)")
+        lines.append(f"{'✔' if cvb['ssim'] < 0.5 and cvb['asr'] <= 10 else '✘'} with the CVB the Ignore attack fails: "
+                     f"SSIM {cvb['ssim']:.2f}, ASR {cvb['asr']:.1f}% (paper: SSIM ≈ 0.2–0.3, ASR ≈ 0%)")
+    if "accuracy" in none and "accuracy" in cvb:
+        gap = cvb["accuracy"] - none["accuracy"]
+        lines.append(f"{'✔' if gap >= -accuracy_tolerance else '✘'} at similar accuracy: {cvb['accuracy']:.2f}% with "
+                     f"the CVB vs {none['accuracy']:.2f}% without ({gap:+.2f} points; paper: +0.05 to +4.64)")
+    return lines
+
+
+#: Notebook 04's sections, for its ``tables`` parameter.
+TABLES = ("I", "II", "III", "IV", "V", "VI", "fig9")
+
+TABLE_I = {"precode:P3": ("none", "decoder", "classifier", "decoder_and_after"),
+           "precode:P2": ("none", "decoder", "classifier", "after_decoder", "decoder_and_after")}
+"""Table I: which gradients are dropped, per PRECODE position. Our copy of the paper lost the table's
+check marks; the rows are read from the text ("ignore only the gradients of the PRECODE decoder or the
+classifier"; "the decoder and all subsequent layers") and its counts of rows: 4 at P = 3, 5 at P = 2."""
+
+TABLE_II = ("none", "precode:P3", "precode:P2", "precode:P1")
+TABLE_IV = ("none", "dp:sigma1", "dp:sigma0.1", "dp:sigma0.01", "dp:sigma0.001", "gc:p0.9", "gc:p0.99",
+            "precode:P1,K32,beta0.01", "precode:P1,K64,beta0.01", "precode:P1,K128,beta0.01",
+            "precode:P1,K256,beta0.01", "precode:P1,K512,beta0.01", "cvb")
+TABLE_V = {"cnn": "cvb", "resnet18": "cvb:beta5e-05", "vit": "cvb:k3"}
+"""Sec. VI-D: the CVB per architecture (ResNet-18: after the first stage, k_E = 5, K_E = 32, β = 5e-5;
+ViT: after the first block, k_E = 3, K_E = 32, β = 0.1)."""
+TABLE_VI = {"pneumoniamnist": "cvb:beta0.001", "dermamnist": "cvb:k3", "retinamnist": "cvb:k3,beta0.001",
+            "bloodmnist": "cvb"}
+"""Sec. VI-E: (k_E, β) per MedMNIST dataset, s_E = ½, P = 1."""
+
+FIGURE_9 = {
+    "P": ("position P (k_E = 1)", [("1", "cvb:k1"), ("2", "cvb:P2,k1"), ("3", "cvb:P3,k1"), ("1,2", "cvb:P1+2,k1"),
+                                    ("1,3", "cvb:P1+3,k1"), ("2,3", "cvb:P2+3,k1"), ("1,2,3", "cvb:P1+2+3,k1")]),
+    "k": ("kernel size k_E", [("1", "cvb:k1"), ("3", "cvb:k3"), ("5", "cvb"), ("7", "cvb:k7")]),
+    "s": ("bottleneck scale s_E", [("1/16", "cvb:s0.0625"), ("1/4", "cvb:s0.25"), ("1/2", "cvb"), ("1", "cvb:s1"),
+                                   ("2", "cvb:s2"), ("4", "cvb:s4")]),
+    "beta": ("weight β", [("1e-5", "cvb:beta1e-05"), ("1e-4", "cvb:beta0.0001"), ("1e-3", "cvb:beta0.001"),
+                          ("1e-2", "cvb:beta0.01"), ("1e-1", "cvb")]),
+}
+"""Sec. VI-A: each panel varies one hyper-parameter of the CVB in the CIFAR-10 CNN; the others are P = 1,
+k_E = 5, s_E = ½, β = 0.1, except the position sweep, which uses k_E = 1."""
+
+
+def table_i(study: Study, dataset: str = "cifar10", subsets: Mapping[str, Sequence[str]] = TABLE_I) -> list[dict]:
+    rows = [study.row(dataset, "cnn", "none", accuracy=False, label="CNN, IG (all gradients)")]
+    for defense, ignores in subsets.items():
+        for ignore in ignores:
+            text = "IG (all gradients)" if ignore == "none" else f"dropping {ignore.replace('_', ' ')}"
+            position = format_value(Defense.parse(defense)["P"]) if Defense.parse(defense).kind == "precode" else "?"
+            rows.append(study.row(dataset, "cnn", defense, ignore=ignore, accuracy=False,
+                                  label=f"PRECODE P = {position}: {text}"))
+    return rows
+
+
+def table_ii(study: Study, dataset: str = "cifar10", defenses: Sequence[str] = TABLE_II, accuracy: bool = True,
+             extra: Sequence[str] = ("cvb",)) -> list[dict]:
+    """Table II's rows (privacy, accuracy, parameters), plus ``extra`` settings for comparison."""
+    rows = []
+    for defense in list(defenses) + list(extra):
+        row = study.row(dataset, "cnn", defense, accuracy=accuracy, label=Defense.parse(defense).describe())
+        params = study.parameters("cnn", defense, dataset)
+        row.update(parameters=params["parameters"], added_percent=params["percent"],
+                   parameters_key=parameter_key("cnn", defense))
+        rows.append(row)
+    return rows
+
+
+def table_iii(study: Study, datasets: Sequence[str] = ("mnist", "cifar10"), attacks: Sequence[str] = ("idlg", "cpl", "ig"),
+              defenses: Sequence[str] = ("none", "cvb")) -> list[dict]:
+    return [study.row(dataset, "cnn", defense, attack=attack, accuracy=False,
+                      label=f"{dataset}, {'CVB' if defense != 'none' else 'none'}, {attack.upper() if attack != 'ig' else 'IG'}")
+            for dataset in datasets for defense in defenses for attack in attacks]
+
+
+def table_iv(study: Study, datasets: Sequence[str] = ("mnist", "cifar10"), defenses: Sequence[str] = TABLE_IV) -> list[dict]:
+    return [study.row(dataset, "cnn", defense, label=f"{dataset}, {Defense.parse(defense).describe()}")
+            for dataset in datasets for defense in defenses]
+
+
+def table_v(study: Study, datasets: Sequence[str] = ("mnist", "cifar10"), models: Mapping[str, str] = TABLE_V) -> list[dict]:
+    return [study.row(dataset, model, defense, label=f"{dataset}, {model}, {'none' if defense == 'none' else defense}")
+            for dataset in datasets for model, cvb in models.items() for defense in ("none", cvb)]
+
+
+def table_vi(study: Study, datasets: Mapping[str, str] = TABLE_VI) -> list[dict]:
+    """Table VI's rows. Every MedMNIST dataset is loaded first, so a missing one fails at once, with
+    :class:`fedrepro.data.DatasetNotFoundError`'s message on how to provide it, before any training."""
+    for dataset in datasets:
+        study.data(dataset)
+    return [study.row(dataset, "cnn", defense, label=f"{dataset}, {defense}")
+            for dataset, cvb in datasets.items() for defense in ("none", cvb)]
+
+
+def figure_9(study: Study, panels: Sequence[str] = tuple(FIGURE_9), dataset: str = "cifar10") -> dict[str, list[dict]]:
+    """Figure 9's panels as rows (x tick label, accuracy, SSIM) for :func:`~fedrepro.papers.p04_plots.plot_hyperparameter_study`."""
+    out = {}
+    for name in panels:
+        title, settings = FIGURE_9[name]
+        out[title] = [study.row(dataset, "cnn", defense, label=tick) for tick, defense in settings]
+    return out
+
+
+def scatter_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """Settings for Figure 11: no defense or a CVB, with accuracy and the default attack's SSIM, each once."""
+    seen, out = set(), []
+    for row in rows:
+        key = (row["dataset"], row["model"], row["defense"])
+        if ("accuracy" not in row or "ssim" not in row or row.get("attack") != "ig" or row.get("ignore") != "auto"
+                or not (row["defense"] == "none" or row["defense"].startswith("cvb")) or key in seen):
+            continue
+        seen.add(key)
+        out.append({**row, "label": "/".join(key)})
+    return out
+
+
+# --- what the notebook shows besides the tables ------------------------------------------------
+
+PARAMETER_SETTINGS = {"cnn": ("none", "precode:P3", "precode:P2", "precode:P1", "cvb:k3", "cvb", "cvb:k7",
+                              "precode:P1,K32,beta0.01", "precode:P1,K512,beta0.01"),
+                      "resnet18": ("none", "cvb:beta5e-05"), "vit": ("none", "cvb:k3")}
+"""Models and defenses whose parameter counts the notebook lists: Table II's PRECODE positions, the CVB's
+kernel sizes (Sec. IV-B), Table IV's PRECODE sizes and Table V's architectures."""
+
+
+def parameter_listing(study: Study, settings: Mapping[str, Sequence[str]] = PARAMETER_SETTINGS) -> str:
+    """One line per (model, defense): parameters and what the defense adds. These counts follow from the
+    architectures alone, so the notebook checks them exactly."""
+    lines = []
+    for model_name, defenses in settings.items():
+        for defense in defenses:
+            row = study.parameters(model_name, defense)
+            lines.append(f"{model_name:9} {row['defense']:26} {row['parameters']:>11,} parameters  "
+                         f"(+{row['added']:,}, +{row['percent']:.3f} %)")
+    return "\n".join(lines)
+
+
+STOCHASTICITY_SETTINGS = {"no defense": "none", "PRECODE, P = 3": "precode:P3", "CVB, P = 1": "cvb",
+                          "CVB, KL summed": "cvb:klsum"}
+"""Sec. III-A's analysis: the untrained CNN without defense, with PRECODE, with the CVB, and with the CVB's
+KL summed over all latent positions (whose deterministic gradient swamps the layers before the decoder)."""
+
+
+def stochasticity_panels(study: Study, settings: Mapping[str, str] = STOCHASTICITY_SETTINGS,
+                         dataset: str = "cifar10", draws: int = 16) -> dict[str, dict[str, float]]:
+    """Per setting, :func:`~fedrepro.papers.p04_leakage.gradient_stochasticity` of the round-0 CNN on the
+    first victim of ``dataset``, for :func:`~fedrepro.papers.p04_plots.plot_gradient_stochasticity`."""
+    probe = study.victims(dataset)
+    return {label: gradient_stochasticity(study.initial_model(dataset, "cnn", defense), probe.images[0],
+                                          probe.labels[0], draws=draws, seed=study.config.seed)
+            for label, defense in settings.items()}
+
+
+FIGURE_7_LABELS = ("none (IG)", "PRECODE P=3", "PRECODE P=2", "PRECODE P=1")
+"""Row labels of Figure 7's grid, one per setting of :data:`TABLE_II`."""
+
+
+def figure_7(study: Study, extra: Sequence[str] = (), dataset: str = "cifar10") -> tuple[list[Leakage], list[str]]:
+    """Figure 7's reconstructions (IG without defense, Ignore on PRECODE at P = 3, 2, 1) and ``extra``
+    settings, with their row labels, for :func:`~fedrepro.papers.p04_plots.reconstruction_grid`."""
+    leakages = [study.leakage(dataset, "cnn", defense) for defense in list(TABLE_II) + list(extra)]
+    return leakages, list(FIGURE_7_LABELS) + list(extra)
+
+
+def row_leakages(study: Study, rows: Iterable[Mapping[str, Any]]) -> tuple[list[Leakage], list[str]]:
+    """The attack behind each table row, with the row's label (for SSIM spreads and reconstruction grids)."""
+    rows = list(rows)
+    leakages = [study.leakage(r["dataset"], r["model"], r["defense"], r["attack"], r["ignore"]) for r in rows]
+    return leakages, [str(r["label"]) for r in rows]
+
+
+def figure_10(study: Study, datasets: Sequence[str], models: Mapping[str, str] = TABLE_V
+              ) -> dict[str, tuple[list[Leakage], list[str]]]:
+    """Figure 10: per dataset, each architecture's reconstructions without defense and with its CVB."""
+    settings = [(model, defense) for model, cvb in models.items() for defense in ("none", cvb)]
+    labels = [f"{model} {'none' if defense == 'none' else 'CVB'}" for model, defense in settings]
+    return {dataset: ([study.leakage(dataset, model, defense) for model, defense in settings], labels)
+            for dataset in datasets}
+
+
+def figure_9_tables(panels: Mapping[str, Sequence[Mapping[str, Any]]], report, tier: str) -> str:
+    """Figure 9's panels as markdown tables beside the values the paper's text gives."""
+    return "\n\n".join(paper_table(rows, report, tier, f"Figure 9: {title}") for title, rows in panels.items())
+
+
+def central_claims(study: Study, rows: Iterable[Mapping[str, Any]], extra: Sequence[str],
+                   dataset: str = "cifar10") -> str:
+    """The paper's central claim on the CNN of ``dataset``: for each CVB among ``extra`` (Table II's extra
+    settings), :func:`claim_check` against no defense; then PRECODE's parameter cost at P = 1 against the
+    CVB's. ``rows`` must hold the no-defense and CVB rows (the last row of a setting counts)."""
+    measured = {r["defense"]: r for r in rows if r["dataset"] == dataset and r["model"] == "cnn"}
+    lines = []
+    for defense in [d for d in extra if d.startswith("cvb")]:
+        spec = Defense.parse(defense)
+        lines += [f"{spec.describe()}:"] + ["  " + line for line in claim_check(measured["none"], measured[spec.label])]
+    p1 = study.parameters("cnn", "precode:P1")
+    lines.append(f"{'✔' if p1['percent'] > 100 else '✘'} PRECODE at P = 1 adds {p1['percent']:.1f} % parameters, "
+                 f"the CVB at P = 1 {study.parameters('cnn', 'cvb')['percent']:.1f} %")
+    return "\n".join(lines)
