@@ -73,7 +73,13 @@ from fedrepro.privacy.clipping import (GRANULARITIES, STATISTICS, ClipLayer, Lay
                                        adaptive_thresholds, check_thresholds, clipping_layers,
                                        layer_gradient_magnitudes, strategy_name, total_threshold,
                                        uniform_thresholds)
+from fedrepro.privacy.ghost import GhostClipper, SummedGradientDPOptimizer, UnsupportedLayerError, check_supported
 from fedrepro.runtime import generator
+
+ENGINES = ("auto", "ghost", "opacus")
+"""Per-sample clipping engines: ``ghost`` (:mod:`fedrepro.privacy.ghost`: per-layer norms, no per-sample
+gradients of every tensor), ``opacus`` (``GradSampleModule`` hooks; the reference), ``auto`` (ghost where
+every trainable layer has a ghost rule, else opacus)."""
 
 
 class DPIncompatibleModelError(ValueError):
@@ -140,6 +146,9 @@ class DPTrainer:
 
     ``batch_transform(x, y)`` is applied to every Poisson batch before the forward pass, as in
     :class:`fedrepro.fl.StandardTrainer` (the module docstring says when ε still holds).
+
+    ``engine`` (:data:`ENGINES`) picks how clipped per-sample gradient sums are computed; the
+    sampling, noise, averaging and accounting are opacus's either way, so ε does not depend on it.
     """
 
     clipping: str = "flat"
@@ -156,6 +165,7 @@ class DPTrainer:
     physical_batch_size: int | None = None
     secure_mode: bool = False
     batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    engine: str = "opacus"
     clients: dict[int, ClientPrivacy] = field(default_factory=dict, init=False, repr=False)
     log: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     stateless: bool = field(default=False, init=False, repr=False)  # run_fedavg keeps it in the main process by default
@@ -169,6 +179,8 @@ class DPTrainer:
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
         check_accountant(self.accountant)
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}")
         if self.magnitude_statistic not in STATISTICS:
@@ -257,10 +269,15 @@ class DPTrainer:
             noise_generator, poisson_seed = generator(config.seed, "dp-noise", round_, data.client, device=device), None
 
         steps_before = state.steps
-        grad_sample_module = GradSampleModule(model)
+        ghost = self._engine_for(model) == "ghost"
+        if ghost:
+            groups = [list(layer.indices) for layer in layers] if layers else [list(range(len(params)))]
+            grad_sample_module = GhostClipper(model, groups, thresholds)
+        else:
+            grad_sample_module = GradSampleModule(model)
         try:
             optimizer = self._dp_optimizer(OPTIMIZERS[config.optimizer](params, config), state, layers, thresholds,
-                                           noise_generator)
+                                           noise_generator, ghost)
             optimizer.attach_step_hook(state.accountant.get_optimizer_hook_fn(sample_rate=state.sample_rate))
             model.train()
             total, count, batches = 0.0, 0, 0
@@ -270,13 +287,14 @@ class DPTrainer:
                 sampler = UniformWithReplacementSampler(num_samples=state.num_samples, sample_rate=state.sample_rate,
                                                         generator=poisson, steps=state.steps_per_epoch)
                 for indices in sampler:
-                    loss_sum = self._noisy_step(grad_sample_module, optimizer, params, data,
-                                                torch.as_tensor(indices, dtype=torch.long, device=device))
+                    step = self._ghost_step if ghost else self._noisy_step
+                    loss_sum = step(grad_sample_module, optimizer, params, data,
+                                    torch.as_tensor(indices, dtype=torch.long, device=device))
                     total += loss_sum
                     count += len(indices)
                     batches += 1
         finally:
-            grad_sample_module._close()
+            grad_sample_module.close() if ghost else grad_sample_module._close()
             for p in params:
                 if hasattr(p, "summed_grad"):
                     del p.summed_grad
@@ -316,10 +334,21 @@ class DPTrainer:
         self.clients[data.client] = state
         return state
 
+    def _engine_for(self, model: nn.Module) -> str:
+        if self.engine != "auto":
+            return self.engine
+        try:
+            check_supported(model)
+        except UnsupportedLayerError:
+            return "opacus"
+        return "ghost"
+
     def _dp_optimizer(self, base: torch.optim.Optimizer, state: ClientPrivacy, layers: list[ClipLayer],
-                      thresholds: list[float], noise_generator: torch.Generator | None) -> DPOptimizer:
+                      thresholds: list[float], noise_generator: torch.Generator | None, ghost: bool) -> DPOptimizer:
         common = dict(noise_multiplier=state.noise_multiplier, expected_batch_size=state.expected_batch_size,
                       loss_reduction="mean", generator=noise_generator, secure_mode=self.secure_mode)
+        if ghost:  # clipping happened in the engine; the optimizer adds noise over √(Σ S_j²)
+            return SummedGradientDPOptimizer(base, max_grad_norm=total_threshold(thresholds), **common)
         if self.clipping == "flat":
             return DPOptimizer(base, max_grad_norm=thresholds[0], **common)
         if self.granularity == "tensor":  # one tensor per layer: exactly opacus's clipping="per_layer"
@@ -352,6 +381,28 @@ class DPTrainer:
                 optimizer.signal_skip_step(do_skip=True)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        return loss_sum
+
+
+    def _ghost_step(self, clipper: GhostClipper, optimizer: DPOptimizer, params: list[nn.Parameter],
+                    data: ClientData, indices: torch.Tensor) -> float:
+        """One Poisson batch with the ghost engine: clipped sums per physical batch, summed, then noise and step."""
+        sums = [torch.zeros_like(p) for p in params]
+        loss_sum = 0.0
+        if len(indices):
+            x_batch, y_batch = data.x_train[indices], data.y_train[indices]
+            if self.batch_transform is not None:
+                x_batch, y_batch = self.batch_transform(x_batch, y_batch)
+            size = self.physical_batch_size or len(indices)
+            for x, y in zip(torch.split(x_batch.contiguous(), size), torch.split(y_batch, size)):
+                loss = model_loss(clipper.model, clipper.model(x), y)
+                for total, part in zip(sums, clipper.clipped_sum(loss * len(y))):
+                    total += part
+                loss_sum += loss.item() * len(y)
+        for p, total in zip(params, sums):
+            p.summed_grad = total
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         return loss_sum
 
 
