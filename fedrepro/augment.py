@@ -15,17 +15,29 @@ import torch
 from fedrepro.runtime import generator as seeded_generator
 
 
+DRAW_ORDERS = ("split", "pairwise")
+"""How the offsets are drawn: ``split`` — N row offsets, then N column offsets (paper 03's training);
+``pairwise`` — an (N, 2) block of (row, column) pairs (paper 05's semi-trained model). Both then draw N
+flip coins. The two orders give different crops from one seed; each is kept because published numbers
+were measured with it."""
+
+
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None, padding: int = 4,
-                     fill: torch.Tensor | Sequence[float] | None = None) -> torch.Tensor:
+                     fill: torch.Tensor | Sequence[float] | None = None, draws: str = "split") -> torch.Tensor:
     """Each image of ``x`` (N, C, H, W) padded by ``padding`` with ``fill`` (per channel; default 0),
     cropped back to H×W at a uniformly drawn offset and flipped left-right with probability ½.
 
-    Draw order (fixed, so seeded runs repeat): N row offsets, N column offsets, N flip coins.
+    ``draws`` fixes the order of the random draws (:data:`DRAW_ORDERS`), so seeded runs repeat.
     """
     n, c, h, w = x.shape
     p = padding
-    dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+    if draws == "split":
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+    elif draws == "pairwise":
+        dy, dx = torch.randint(0, 2 * p + 1, (n, 2), generator=generator).unbind(1)
+    else:
+        raise ValueError(f"unknown draw order {draws!r}; choose one of {', '.join(DRAW_ORDERS)}")
     flip = torch.rand(n, generator=generator) < 0.5
     if fill is None:
         padded = x.new_zeros(n, c, h + 2 * p, w + 2 * p)

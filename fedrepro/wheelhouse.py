@@ -129,8 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     args.dest.mkdir(parents=True, exist_ok=True)
     failed = []
     for requirement, deps in [(r, False) for r in requirements] + [(r, True) for r in unpinned]:
-        if subprocess.run(download_command(requirement, args.dest, args.python_version, deps)).returncode != 0:
-            failed.append(requirement)
+        if subprocess.run(download_command(requirement, args.dest, args.python_version, deps)).returncode == 0:
+            continue
+        name = requirement.partition("==")[0]
+        if name != requirement and subprocess.run(download_command(name, args.dest, args.python_version)).returncode == 0:
+            print(f"{requirement} has no wheel for Python {args.python_version}: took the newest {name} that has one")
+            continue
+        failed.append(requirement)
     project = Path(__file__).resolve().parent.parent
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
                             str(args.dest), str(project)])

@@ -1,4 +1,5 @@
-"""Fast checks of notebook 05's experiment helpers (fedrepro.papers.p05_ats)."""
+"""Fast checks of notebook 05's protocol (fedrepro.papers.p05_ats)."""
+import dataclasses
 import math
 
 import numpy as np
@@ -6,8 +7,14 @@ import pytest
 import torch
 
 from fedrepro.data import FederatedData, ImageDataset, federated_split
-from fedrepro.papers import p05_ats as ats
+from fedrepro.defenses import Pruning
+from fedrepro.defenses.spec import Defense
+from fedrepro.defenses.transforms import policy_trainer
 from fedrepro.fl import FedAvgConfig
+from fedrepro.papers import p05_ats as ats
+from fedrepro.results import Report
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dataset(n=24, channels=3, size=32, classes=4, seed=0):
@@ -33,12 +40,85 @@ def test_keys_and_labels_match_the_paper_results_file():
     known = {key for paper, key in paper_values() if paper == "05"}
     assert ats.result_key("cifar10", "resnet20", "best1", "psnr") == "cifar100/resnet20/best1/psnr"
     assert ats.result_key("mnist", "convnet", "hybrid", "accuracy", transfer=True) in known
-    for kind, value in ats.TABLE3:
-        assert f"cifar100/resnet20/{ats.defense_label(kind, value)}/psnr" in known
+    labels = [ats.defense_label(ats.table3_defense(kind, value)) for kind, value in ats.TABLE3]
+    assert labels == ["prune-0.70", "prune-0.95", "prune-0.99", "laplacian-1e-3", "laplacian-1e-2",
+                      "gaussian-1e-3", "gaussian-1e-2"]
+    for label in labels:
+        assert ats.table3_key(label, "psnr") in known and ats.table3_key(label, "accuracy") in known
     for attack in ats.TABLE2_ATTACKS:
-        assert f"cifar100/resnet20/{attack}/hybrid/psnr" in known
-    assert ats.defense_label(None) == "none"
+        assert ats.table2_key(attack, "hybrid") in known and ats.table2_key(attack, "none") in known
+    assert all(ats.figure5_key(k) in known for k in range(1, 6)) and ats.PEARSON_KEY in known
+    assert ats.published_key("cifar10", "convnet", "3-1-7", "psnr") == "cifar100/convnet/published/3-1-7/psnr"
+    assert ats.defense_label(None) == "none" and ats.table3_defense("none") is None
     assert "stands in" in ats.stand_in_note("cifar10") and ats.stand_in_note("cifar100") == ""
+
+
+def test_table3_defenses_are_paper_05s_parameters():
+    # 05's Gaussian value is a standard deviation (paper 03's is a variance), Laplacian a scale, prune a ratio
+    assert ats.table3_defense("gaussian", 1e-2) == Defense.of("gaussian", std=1e-2)
+    assert ats.table3_defense("gaussian", 1e-2).gradient_defense().std == 1e-2
+    assert ats.table3_defense("laplacian", 1e-3).gradient_defense().scale == 1e-3
+    assert ats.table3_defense("prune", 0.7).gradient_defense() == Pruning(ratio=0.7)
+    assert ats.defense_label(Defense.of("gaussian", std=0.05)) == "gaussian-0.05"
+    with pytest.raises(ValueError, match="standard deviation"):
+        ats.defense_label(Defense.of("gaussian", var=1e-4))
+    with pytest.raises(ValueError, match="blur"):
+        ats.table3_defense("blur", 1.0)
+
+
+def test_parameters_are_validated_and_written_whole():
+    params = ats.ATSParameters(archs=("convnet",), table3_defenses=(("prune", 0.7),), published_policies=["3-01-7"])
+    assert params.archs == ["convnet"] and params.table3_defenses == [["prune", 0.7]]
+    assert params.published_policies == ["3-1-7"] and params.defenses == [Defense.of("prune", ratio=0.7)]
+    written = dataclasses.asdict(params)
+    assert set(written) == {f.name for f in dataclasses.fields(ats.ATSParameters)} and written["c_max"] == 4
+    config = params.fedavg_config()
+    assert (config.rounds, config.optimizer, config.momentum, config.workers) == (1, "sgd", 0.9, 1)
+    bad = [({"archs": ["vgg"]}, "archs"), ({"tables": ["tabel1"]}, "tables"), ({"dataset": "imagenet"}, "dataset"),
+           ({"table2_attacks": ["ig"]}, "table2_attacks"), ({"figure5_operations": 51}, "figure5_operations"),
+           ({"spri_points": 1}, "spri_points"), ({"semi_fraction": 0.0}, "semi_fraction"),
+           ({"table3_defenses": [["blur", 1.0]]}, "blur"), ({"table3_defenses": [["prune"]]}, "pairs"),
+           ({"published_policies": ["3-1-99"]}, "outside"), ({"attack_iterations": 0}, "attack_iterations"),
+           ({"momentum": 1.0}, "momentum"), ({"t_acc_per_image": 1.0}, "t_acc_per_image")]
+    for change, message in bad:
+        with pytest.raises(ValueError, match=message):
+            ats.ATSParameters(**change)
+
+
+def _notebook_parameters() -> dict:
+    import ast
+    import json
+    from pathlib import Path
+
+    notebook = Path(__file__).parent.parent / "notebooks" / "05_transformation_search.ipynb"
+    cell = next(c for c in json.loads(notebook.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body}
+
+
+def test_every_tier_and_sweep_point_of_notebook_05_validates():
+    import itertools
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).parent.parent / "parameters"
+    defaults = _notebook_parameters()
+    assert dataclasses.asdict(ats.ATSParameters(**defaults)).keys() == defaults.keys()
+    for path in sorted((root / "05_transformation_search").glob("*.yaml")):
+        tier = yaml.safe_load(path.read_text())
+        ats.ATSParameters(**{**defaults, **tier})
+    sweep = yaml.safe_load((root / "sweeps" / "05_accuracy_cost.yaml").read_text())
+    tier = yaml.safe_load((root / "05_transformation_search" / f"{sweep['tier']}.yaml").read_text())
+    for values in itertools.product(*sweep["grid"].values()):
+        ats.ATSParameters(**{**defaults, **tier, **dict(zip(sweep["grid"], values))})
+
+
+def test_library_summary_lists_the_papers_lowest_operations():
+    text = ats.library_summary().splitlines()
+    assert text[0] == "policies of at most 3 operations: 127,550"
+    assert [int(line.split(":")[0]) for line in text[1:]] == [3, 15, 18, 26, 1]
+    assert "translateX" in text[1]
 
 
 def test_lowest_and_table():
@@ -66,12 +146,12 @@ def test_trainer_applies_the_gradient_defense():
     seen = {}
 
     def spy(grads, generator=None):
-        pruned = ats.make_defense("prune", 1.0)(grads)
+        pruned = Pruning(ratio=1.0)(grads)
         seen["zero"] = all(bool((g == 0).all()) for g in pruned.values())
         return pruned
 
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
-    trainer = ats.ats_trainer("none", data.mean, data.std, spy)
+    trainer = policy_trainer("none", data.mean, data.std, defense=spy)
     trainer(model, Client(), FedAvgConfig(rounds=1, batch_size=4, optimizer="sgd", lr=0.1), 1)
     assert seen["zero"]
     after = model.state_dict()
@@ -100,3 +180,41 @@ def test_rows_cache_training_and_attacks():
     assert rows.attacked("3-1-7") is attack and len(rows.models) == 1
     rows.attacked("3", model_policy="3-1-7")
     assert len(rows.models) == 1 and len(rows.attacks) == 2
+
+
+def _federated(channels: int, seed: int) -> FederatedData:
+    data = _dataset(32, channels=channels, seed=seed)
+    splits = federated_split(data.labels, 2, 0, val_fraction=0.0)
+    return FederatedData(data, data.subset(torch.arange(12)), splits)
+
+
+def test_study_runs_every_section_and_records_the_papers_keys(tmp_path):
+    params = ats.ATSParameters(
+        dataset="cifar10", convnet_width=2, num_clients=2, rounds=1, batch_size=8, semi_fraction=0.5, semi_epochs=1,
+        spri_points=3, sacc_runs=1, c_max=3, figure5_operations=6, victims=1, attack_iterations=2, random_policies=1,
+        figure2_policies=2, table2_attacks=["ats_adam_cosine"], table3_defenses=[["prune", 0.7]],
+        published_policies=["3-1-7"], results_dir=str(tmp_path))
+    report = Report("05_transformation_search", paper="05", tier="smoke", parameters=dataclasses.asdict(params))
+    study = ats.Study(params, report, data=_federated(3, 0), transfer=_federated(1, 1))
+    assert "T_acc = -5.4" in study.describe()  # -1.35 per image, 4 classes
+    assert "policies searched" in study.search_all()
+    assert len(study.best["convnet"]) == 2 and study.hybrids["convnet"].split("+")[0] == study.best["convnet"][0]
+    fig, text = study.figure5()
+    assert "our five lowest" in text
+    assert "**Table 1, cifar10, convnet**" in study.table1()
+    assert len(study.figure4()) == 1
+    study.figure2()
+    assert "ats_adam_cosine" in study.table2()
+    assert "prune-0.70" in study.table3()
+    _, table4 = study.table4()
+    assert "cifar10 → mnist" in table4
+    m = report.metrics
+    assert {"search/convnet/semi_accuracy", "search/c_max", "cifar100/convnet/none/psnr",
+            "cifar100/convnet/random/accuracy", "cifar100/convnet/hybrid/psnr", "cifar100/convnet/published/3-1-7/psnr", ats.PEARSON_KEY,
+            "cifar100/resnet20/ats_adam_cosine/hybrid/psnr", "cifar100/resnet20/prune-0.70/accuracy",
+            "fashion-mnist/convnet/transfer/best2/psnr"} <= set(m)
+    assert [m[ats.figure5_key(k)] for k in range(1, 6)] == ats.lowest(
+        {i: study.searches["convnet"].records[str(i)]["s_pri"] for i in range(6)}, 5)
+    # the sections share one training per (policy, defense): none, random, best1, best2, hybrid, 3-1-7, prune
+    assert len(study.rows["convnet"].models) == len({"none", *ats.random_policy_list(1, 0), *study.best["convnet"],
+                                                     study.hybrids["convnet"], "3-1-7"}) + 1

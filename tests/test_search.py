@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from fedrepro.augment import random_crop_flip
 from fedrepro.models import build_model
-from fedrepro.search import (PolicySearch, SearchSettings, accuracy_score, jacobian_score, load_search, path_points,
-                             pick_images, privacy_score, train_semi_model)
+from fedrepro.search import (PolicySearch, SearchSettings, accuracy_score, disjoint_hybrid,
+                             jacobian_score, load_search, passes, path_points, pick_images, privacy_score,
+                             rank_records, train_semi_model)
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -177,8 +179,10 @@ def test_search_filters_by_accuracy_score_and_builds_a_disjoint_hybrid(tmp_path)
     scores = sorted(r["s_acc"] for r in search.table())
     search.t_acc = scores[2]  # keep the three best S_acc
     search.records["0"]["s_pri"] = None  # pretend 0 was filtered before its S_pri was known
-    kept = search.best(10)
-    assert all(r["s_acc"] >= scores[2] for r in kept) and len(kept) <= 3
+    kept = [r["policy"] for r in search.best(10)]
+    passing = [r for r in search.table() if r["s_acc"] >= scores[2] and r["policy"] != "0"]
+    assert 2 <= len(passing) <= 3  # three pass the filter; "0" (if among them) has no S_pri
+    assert kept == [r["policy"] for r in sorted(passing, key=lambda r: r["s_pri"])]
     # a policy that failed the filter gets its S_pri later, once, when the filter admits it
     search.t_acc = None
     count = search.evaluations["privacy"]
@@ -190,4 +194,64 @@ def test_search_filters_by_accuracy_score_and_builds_a_disjoint_hybrid(tmp_path)
     mixed = search.hybrid(2)
     parts = mixed.split("+")
     assert len(parts) == 2 and not (set(parts[0].split("-")) & set(parts[1].split("-")))
-    assert search.best(2, rank="mean_var")
+    assert parts[0] == search.best(1)[0]["policy"]
+
+
+# Records with known answers. By S_pri: 15-3 (0.10), 15 (0.20), 3 (0.21), 1 (0.22), 26 (0.40); 18 fails
+# T_acc = -10 and 3-15 has no S_pri. Only 15 varies over images (variance 0.09), so the reference's
+# 0.7·z(mean) + 0.3·z(variance) ranking (among 15, 3, 1, 26) puts it behind 3 and 1:
+# z(mean) = (-0.696, -0.575, -0.454, 1.726), z(var) = (1.732, -0.577, -0.577, -0.577)
+# -> scores 0.033, -0.576, -0.491, 1.035.
+RECORDS = [
+    {"policy": "15-3", "s_acc": -3.0, "s_pri": 0.10, "s_pri_std": 0.0},
+    {"policy": "15", "s_acc": -5.0, "s_pri": 0.20, "s_pri_std": 0.3},
+    {"policy": "3", "s_acc": -5.0, "s_pri": 0.21, "s_pri_std": 0.0},
+    {"policy": "1", "s_acc": -6.0, "s_pri": 0.22, "s_pri_std": 0.0},
+    {"policy": "26", "s_acc": -9.0, "s_pri": 0.40, "s_pri_std": 0.0},
+    {"policy": "18", "s_acc": -50.0, "s_pri": 0.05, "s_pri_std": 0.0},
+    {"policy": "3-15", "s_acc": -4.0, "s_pri": None},
+]
+
+
+def test_ranking_on_records_with_known_answers():
+    assert [passes(r, -10.0) for r in RECORDS] == [True] * 5 + [False, True]
+    assert passes({"policy": "2"}, -10.0) is False and passes({"policy": "2"}, None) is True
+    single = [r for r in RECORDS[1:5]]
+    assert [r["policy"] for r in rank_records(single, 10)] == ["15", "3", "1", "26"]
+    assert [r["policy"] for r in rank_records(single, 10, "mean_var")] == ["3", "1", "15", "26"]
+    assert [r["policy"] for r in rank_records(single, 2, "mean_var")] == ["3", "1"]
+    tied = [{"policy": "9", "s_pri": 0.3}, {"policy": "10", "s_pri": 0.3}]
+    assert [r["policy"] for r in rank_records(tied, 2)] == ["10", "9"]  # ties: the smaller string first
+    with pytest.raises(ValueError, match="rank"):
+        rank_records(single, 2, "median")
+    ranked = rank_records(RECORDS[:5], 10)
+    assert disjoint_hybrid(ranked, 2) == "15-3+1"  # 15 and 3 share operations with 15-3
+    assert disjoint_hybrid(ranked, 2, disjoint=False) == "15-3+15"
+    assert disjoint_hybrid(ranked, 3) == "15-3+1+26"
+    with pytest.raises(ValueError, match="no qualified"):
+        disjoint_hybrid([], 2)
+
+
+def test_search_best_and_hybrid_filter_and_rank_the_stored_records(tmp_path):
+    search = make_search(tmp_path, t_acc=-10.0)
+    for record in RECORDS:
+        search.records[record["policy"]] = dict(record)
+    assert [r["policy"] for r in search.best(10)] == ["15-3", "15", "3", "1", "26"]
+    assert [r["policy"] for r in search.best(2, t_acc=-5.0)] == ["15-3", "15"]
+    assert [r["policy"] for r in search.best(10, policies=["26", "18", "1", "3-15"])] == ["1", "26"]
+    assert search.hybrid(2) == "15-3+1"
+    assert search.hybrid(2, rank="mean_var", policies=["15", "3", "1", "26"]) == "3+1"
+
+
+def test_pairwise_draw_order_crops_by_row_column_pairs():
+    # M^s's crops are drawn as (row, column) pairs per image, then the flips (the recorded searches' order)
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    offsets = torch.randint(0, 3, (2, 2), generator=g)
+    flips = torch.rand(2, generator=g) < 0.5
+    out = random_crop_flip(x, torch.Generator().manual_seed(0), padding=1, draws="pairwise")
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(2):
+        dy, dx = offsets[i].tolist()
+        crop = padded[i, :, dy:dy + 4, dx:dx + 4]
+        assert torch.equal(out[i], crop.flip(-1) if flips[i] else crop)

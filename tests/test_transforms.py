@@ -7,8 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from fedrepro.attacks import DefendedStep
+from fedrepro.augment import random_crop_flip
 from fedrepro.data import ImageDataset, federated_split
-from fedrepro.defenses.transforms import (LIBRARY, NUM_OPERATIONS, Policy, PolicyBatchTransform, _pil_apply,
+from fedrepro.defenses import GaussianNoise, Pruning
+from fedrepro.defenses.spec import Defense
+from fedrepro.defenses.transforms import (LIBRARY, NUM_OPERATIONS, Policy, PolicyBatchTransform, pil_apply,
                                           apply_policy, format_policy, hybrid, parse_policy, policy_trainer,
                                           random_policies, search_space_size, transform_images)
 from fedrepro.fl import FedAvgConfig, StandardTrainer, run_fedavg
@@ -71,7 +75,7 @@ def test_batched_operations_equal_the_reference_pil_calls(channels):
     x = images(channels=channels)
     for op in LIBRARY:
         signs = torch.where(torch.arange(len(x)) % 2 == 0, 1.0, -1.0).double()
-        assert torch.equal(op(x, signs), _pil_apply(op, x, signs)), op.describe()
+        assert torch.equal(op(x, signs), pil_apply(op, x, signs)), op.describe()
 
 
 def test_policies_run_in_order_and_match_pil_end_to_end():
@@ -187,8 +191,40 @@ def test_policy_plugs_into_fedavg_clients_deterministically():
     assert policy_trainer("3-1-7", train.mean, train.std).batch_transform.policy == Policy("3-1-7")
 
 
-def test_transform_images_with_crop_flip_is_seeded():
+def test_transform_images_with_crop_flip_is_the_one_crop_flip_then_the_policy():
     x = images(5)
     a = transform_images(x, "3", torch.Generator().manual_seed(1), crop_flip=True)
-    b = transform_images(x, "3", torch.Generator().manual_seed(1), crop_flip=True)
-    assert torch.equal(a, b) and a.shape == x.shape
+    g = torch.Generator().manual_seed(1)
+    expected = apply_policy(random_crop_flip(x, g), "3", g)  # same generator: crop + flip draws first
+    assert torch.equal(a, expected) and a.shape == x.shape
+    assert not torch.equal(a, transform_images(x, "3", torch.Generator().manual_seed(1)))
+
+
+def test_batch_transform_without_generator_draws_straight_from_the_global_rng():
+    # notebook 05's numbers come from this way: FedAvg reseeds the global RNG per (round, client) and
+    # the transform draws its signs and hybrid choices from it directly
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    x = images(6)
+    normalised = (x.float() / 255 - 0.5) / 0.25
+    torch.manual_seed(3)
+    out, _ = PolicyBatchTransform("3-1-7+43-18-18", mean, std)(normalised, torch.arange(6))
+    after = torch.rand(2)
+    torch.manual_seed(3)
+    expected = apply_policy(x, "3-1-7+43-18-18")
+    assert torch.equal(out, (expected.float() / 255 - 0.5) / 0.25)
+    assert torch.equal(after, torch.rand(2))  # it consumed exactly the policy's draws
+    torch.manual_seed(4)
+    assert not torch.equal(PolicyBatchTransform("3-1-7+43-18-18", mean, std)(normalised, torch.arange(6))[0], out)
+
+
+def test_policy_trainer_skips_the_identity_and_applies_a_defense_on_every_step():
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    plain = policy_trainer("none", mean, std)
+    assert plain.batch_transform is None and plain.gradient_transform is None
+    assert isinstance(policy_trainer("none", mean, std, crop_flip=True).batch_transform, PolicyBatchTransform)
+    defended = policy_trainer("3-1-7", mean, std, defense=Defense.of("prune", ratio=0.7))
+    assert defended.batch_transform.policy == Policy("3-1-7")
+    assert isinstance(defended.gradient_transform, DefendedStep)
+    assert defended.gradient_transform.defense == Pruning(ratio=0.7)
+    noisy = policy_trainer("0", mean, std, defense="gaussian:std0.01")
+    assert noisy.gradient_transform.defense == GaussianNoise(std=0.01)

@@ -1,5 +1,6 @@
 """Paper 05 (Gao et al., *Privacy-preserving Collaborative Learning with Automatic Transformation
-Search*): the experiments behind notebook 05, one row at a time.
+Search*): notebook 05's whole protocol — its parameters (:class:`ATSParameters`), one row at a time,
+and every section as a :class:`Study` method.
 
 A *row* is one training configuration — a transformation policy (``"none"``, a random policy, a
 searched one, a hybrid ``"a+b"``) and optionally a gradient defense (pruning, Laplacian or Gaussian
@@ -23,12 +24,15 @@ Choices that change numbers, made once here:
 - **Victim transformation randomness** (the ± signs of shear/translate/enhance, the hybrid's
   choice) is seeded per row, so None/Random/searched rows attack the same clean images.
 - **Gradient defenses in training** (Table 3's accuracy): the client applies the defense to its
-  gradient at every local step (:func:`ats_trainer`), per layer, as DLG's defenses do.
+  gradient at every local step (:func:`fedrepro.defenses.transforms.policy_trainer`), per layer, as
+  DLG's defenses do. Table 3's Gaussian noise is given by its standard deviation.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -37,11 +41,14 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from fedrepro import metrics
-from fedrepro.attacks import DefendedStep, ServerView, client_update, run_attack
-from fedrepro.data import FederatedData, ImageDataset
-from fedrepro.defenses import DEFENSES
-from fedrepro.defenses.transforms import LIBRARY, Policy, apply_policy, transform_images
-from fedrepro.fl import FedAvgConfig, StandardTrainer, run_fedavg
+from fedrepro.attacks import ServerView, client_update, run_attack
+from fedrepro.data import KNOWN_DATASETS, FederatedData, ImageDataset, load_federated
+from fedrepro.defenses.spec import Defense
+from fedrepro.defenses.transforms import (LIBRARY, Policy, apply_policy, policy_trainer, random_policies,
+                                          search_space_size)
+from fedrepro.fl import FedAvgConfig, evaluate, run_fedavg
+from fedrepro.registry import check_choices
+from fedrepro.results import TIERS
 from fedrepro.runtime import generator
 
 #: Offline stand-ins: the dataset a smaller tier uses in place of the paper's, for result keys.
@@ -58,12 +65,28 @@ PUBLISHED = {
 #: Notebook 05's sections, for its ``tables`` parameter.
 SECTIONS = ("figure5", "table1", "figure4", "figure2", "table2", "table3", "table4")
 
-#: Paper 05's Table 3 defenses: (registry name, parameter) -> result-key label.
+#: The architectures the paper searches on.
+ARCHS = ("resnet20", "convnet")
+
+#: Table 3's gradient defenses as notebook 05 writes them, ``[kind, value]``: the parameter each kind's
+#: value is (05's Gaussian noise is a standard deviation, not paper 03's variance).
+TABLE3_PARAMETER = {"prune": "ratio", "laplacian": "scale", "gaussian": "std"}
+
+#: Paper 05's Table 3 defenses (kind, value).
 TABLE3 = (("prune", 0.70), ("prune", 0.95), ("prune", 0.99), ("laplacian", 1e-3), ("laplacian", 1e-2),
           ("gaussian", 1e-3), ("gaussian", 1e-2))
 
 #: The six attacks of Table 2, in the paper's order.
 TABLE2_ATTACKS = ("ats_lbfgs_l2", "ats_adam_cosine", "ats_lbfgs_cosine", "ats_adam_l1", "ats_adam_l2", "ats_sgd_cosine")
+
+#: The paper's five lowest-S_pri single operations (Figure 5), listed before the search.
+PAPER_LOWEST_OPERATIONS = (3, 15, 18, 26, 1)
+
+#: Result key of the Pearson correlation of S_pri and attack PSNR (Figure 2).
+PEARSON_KEY = "spri_psnr_pearson"
+
+#: Table 1's columns.
+TABLE1_COLUMNS = ("slot", "policy", "PSNR (dB)", "paper PSNR", "PSNR vs clean", "accuracy (%)", "paper accuracy")
 
 
 # --- keys ----------------------------------------------------------------------------------------
@@ -79,22 +102,162 @@ def stand_in_note(dataset: str) -> str:
     return "" if target == dataset else f" ({dataset} stands in for {target})"
 
 
-def defense_label(kind: str | None, value: float | None = None) -> str:
+def table3_defense(kind: str, value: float | None = None) -> Defense | None:
+    """Notebook 05's ``[kind, value]`` as a :class:`~fedrepro.defenses.spec.Defense` (None for "none"):
+    ``("gaussian", 1e-2)`` is ``Defense.of("gaussian", std=1e-2)``."""
+    if kind == "none":
+        return None
+    if kind not in TABLE3_PARAMETER:
+        raise ValueError(f"table 3 defense {kind!r} unknown; choose one of none, {', '.join(TABLE3_PARAMETER)}")
+    return Defense.of(kind, **{TABLE3_PARAMETER[kind]: value})
+
+
+def defense_label(defense: Defense | None) -> str:
     """Result-key label of a gradient defense: ``prune-0.70``, ``laplacian-1e-3``, ``none``."""
-    if kind is None or kind == "none":
+    if defense is None or defense.kind == "none":
         return "none"
-    if kind == "prune":
-        return f"prune-{value:.2f}"
+    if defense.kind == "gc":
+        return f"prune-{defense['p']:.2f}"
+    if defense.kind == "gaussian" and defense["std"] is None:
+        raise ValueError(f"paper 05's Gaussian noise is given by its standard deviation, got {defense.label}")
+    if defense.kind not in ("gaussian", "laplacian"):
+        return defense.label
+    value = defense["std" if defense.kind == "gaussian" else "scale"]
     exponent = int(round(math.log10(value)))
     if not math.isclose(value, 10.0 ** exponent, rel_tol=1e-9):
-        return f"{kind}-{value:g}"
-    return f"{kind}-1e{exponent}"
+        return f"{defense.kind}-{value:g}"
+    return f"{defense.kind}-1e{exponent}"
 
 
 def result_key(dataset: str, arch: str, slot: str, what: str, attack: str | None = None, transfer: bool = False) -> str:
     """The ``fedrepro/paper_results/05.yaml`` key of one number (stand-in datasets map to the paper's)."""
     parts = [paper_dataset(dataset), arch] + (["transfer"] if transfer else []) + ([attack] if attack else [])
     return "/".join(parts + [slot, what])
+
+
+def published_key(dataset: str, arch: str, policy: str, what: str) -> str:
+    """Key of a published policy applied directly on ``dataset`` (Table 1's extra rows)."""
+    return f"{paper_dataset(dataset)}/{arch}/published/{policy}/{what}"
+
+
+def table2_key(attack: str, slot: str) -> str:
+    """Table 2's key: the paper reports it for CIFAR-100 / ResNet20 only, so every run is compared there."""
+    return f"cifar100/resnet20/{attack}/{slot}/psnr"
+
+
+def table3_key(label: str, what: str) -> str:
+    """Table 3's key (CIFAR-100 / ResNet20, as the paper's table)."""
+    return f"cifar100/resnet20/{label}/{what}"
+
+
+def figure5_key(rank: int) -> str:
+    """Figure 5's key: the library index with the ``rank``-th lowest S_pri (1-based)."""
+    return f"figure5/lowest/{rank}"
+
+
+def semi_accuracy_key(arch: str) -> str:
+    return f"search/{arch}/semi_accuracy"
+
+
+SEARCHED_KEY = "search/c_max"
+
+
+# --- parameters ----------------------------------------------------------------------------------
+
+@dataclass
+class ATSParameters:
+    """Notebook 05's parameters cell, validated; written whole to results.json."""
+
+    tier: str = "smoke"
+    seed: int = 0
+    dataset: str = "cifar10"
+    archs: Sequence[str] = ("convnet",)
+    convnet_width: int | None = 8
+    tables: Sequence[str] = SECTIONS
+    num_clients: int = 2
+    samples_per_client: int | None = 64
+    test_samples: int | None = 200
+    rounds: int = 1
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    fl_workers: int | None = 1
+    threads: int | None = 1
+    semi_fraction: float = 0.01
+    semi_epochs: int = 2
+    semi_lr: float = 0.02
+    spri_per_class: int = 1
+    spri_points: int = 5
+    sacc_runs: int = 2
+    t_acc_per_image: float = -1.35
+    c_max: int = 4
+    figure5_operations: int = 10
+    victims: int = 2
+    attack_iterations: int | None = 10
+    random_policies: int = 1
+    figure2_policies: int = 3
+    table2_attacks: Sequence[str] = ("ats_adam_cosine", "ats_adam_l2")
+    table3_defenses: Sequence[Sequence[Any]] = (("prune", 0.7), ("gaussian", 0.01))
+    transfer_dataset: str = "mnist"
+    published_policies: Sequence[str] = ("3-1-7",)
+    device: str = "auto"
+    data_root: str | None = None
+    results_dir: str = "../reports/smoke/05_transformation_search"
+
+    def __post_init__(self) -> None:
+        if self.tier not in TIERS:
+            raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {self.tier!r}")
+        self.archs = check_choices("archs", self.archs, ARCHS)
+        self.tables = check_choices("tables", self.tables, SECTIONS)
+        self.table2_attacks = check_choices("table2_attacks", self.table2_attacks, TABLE2_ATTACKS)
+        for name in ("dataset", "transfer_dataset"):
+            if getattr(self, name) not in KNOWN_DATASETS:
+                raise ValueError(f"{name} {getattr(self, name)!r} unknown; choose from {', '.join(KNOWN_DATASETS)}")
+        if not self.archs:
+            raise ValueError("archs is empty; choose at least one of " + ", ".join(ARCHS))
+        at_least = {"num_clients": 1, "rounds": 1, "local_epochs": 1, "batch_size": 1, "semi_epochs": 1,
+                    "spri_per_class": 1, "spri_points": 2, "sacc_runs": 1, "c_max": 1, "victims": 1,
+                    "random_policies": 1, "figure2_policies": 2}
+        for name, low in at_least.items():
+            if int(getattr(self, name)) < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)}")
+        for name in ("convnet_width", "samples_per_client", "test_samples", "fl_workers", "threads",
+                     "attack_iterations"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be None or an integer >= 1, got {getattr(self, name)}")
+        if not 1 <= self.figure5_operations <= len(LIBRARY):
+            raise ValueError(f"figure5_operations must be in 1..{len(LIBRARY)}, got {self.figure5_operations}")
+        if not 0 < self.semi_fraction <= 1:
+            raise ValueError(f"semi_fraction must be in (0, 1], got {self.semi_fraction}")
+        for name in ("lr", "semi_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.t_acc_per_image > 0:
+            raise ValueError(f"t_acc_per_image must be <= 0 (S_acc is at most -1 per image), "
+                             f"got {self.t_acc_per_image}")
+        self.table3_defenses = [list(d) for d in self.table3_defenses]
+        for entry in self.table3_defenses:
+            if len(entry) != 2:
+                raise ValueError(f"table3_defenses holds [kind, value] pairs, got {entry!r}")
+            table3_defense(*entry)
+        self.published_policies = [str(Policy(p)) for p in self.published_policies]
+        self.archs, self.tables, self.table2_attacks = list(self.archs), list(self.tables), list(self.table2_attacks)
+
+    @property
+    def defenses(self) -> list[Defense]:
+        """Table 3's defenses as specs."""
+        return [table3_defense(kind, value) for kind, value in self.table3_defenses]
+
+    def fedavg_config(self) -> FedAvgConfig:
+        return FedAvgConfig(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
+                            optimizer="sgd", momentum=self.momentum, weight_decay=self.weight_decay, seed=self.seed,
+                            device=self.device, workers=self.fl_workers)
 
 
 # --- models and training -------------------------------------------------------------------------
@@ -112,52 +275,6 @@ def build_ats_model(arch: str, dataset: ImageDataset, seed: int, width: int | No
                            image_size=dataset.image_size, **options)
 
 
-def make_defense(kind: str | None, value: float | None = None):
-    """A gradient defense from :data:`fedrepro.defenses.DEFENSES` (None for no defense)."""
-    if kind is None or kind == "none":
-        return None
-    name = {"prune": "ratio", "laplacian": "scale", "gaussian": "std"}[kind]
-    return DEFENSES.get(kind)(**{name: value})
-
-
-@dataclass(frozen=True)
-class PolicyBatch:
-    """A ``StandardTrainer`` batch transform: :func:`transform_batch` with ``policy``, drawing its signs
-    from the global RNG (which FedAvg reseeds per round and client)."""
-
-    policy: str
-    mean: Sequence[float]
-    std: Sequence[float]
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return transform_batch(x, Policy(self.policy), self.mean, self.std), y
-
-
-def ats_trainer(policy: str = "none", mean: Sequence[float] = (), std: Sequence[float] = (),
-                defense: Any = None) -> StandardTrainer:
-    """FedAvg local training on ``policy``-transformed batches with an optional per-step gradient defense.
-
-    The policy part is :class:`fedrepro.defenses.transforms.PolicyBatchTransform`'s: de-normalise
-    each batch to its exact uint8 pixels, transform, normalise again. The defense (pruning / noise)
-    is applied to the batch gradient of every step, per layer, before the optimiser step
-    (:class:`fedrepro.attacks.DefendedStep`).
-    """
-    parsed = Policy(policy)
-    transform = None if parsed.is_identity else PolicyBatch(str(parsed), tuple(mean), tuple(std))
-    return StandardTrainer(batch_transform=transform,
-                           gradient_transform=None if defense is None else DefendedStep(defense))
-
-
-def transform_batch(x: torch.Tensor, policy: Policy, mean: Sequence[float], std: Sequence[float],
-                    g: torch.Generator | None = None) -> torch.Tensor:
-    """Normalised float batch -> the same batch transformed by ``policy`` (exact uint8 round trip)."""
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    pixels = (x.detach() * s + m).mul(255.0).round().clamp(0, 255).to(torch.uint8)
-    out = transform_images(pixels.cpu(), policy, g).to(x.device)  # g None: the global RNG FedAvg reseeds
-    return (out.to(x.dtype) / 255.0 - m) / s
-
-
 @dataclass
 class TrainedRow:
     """One FedAvg run: its policy / defense, the trained global model and its test accuracy (%)."""
@@ -170,14 +287,15 @@ class TrainedRow:
 
 
 def train_row(arch: str, data: FederatedData, config: FedAvgConfig, policy: str = "none",
-              defense: tuple[str, float] | None = None, seed: int = 0, width: int | None = None,
+              defense: Defense | None = None, seed: int = 0, width: int | None = None,
               progress: bool = False) -> TrainedRow:
-    """Train ``arch`` from the seeded initialisation with FedAvg, clients transforming with ``policy``."""
+    """Train ``arch`` from the seeded initialisation with FedAvg, clients transforming with ``policy``
+    (and applying ``defense`` to the gradient of every local step)."""
     model = build_ats_model(arch, data.train, seed, width)
-    kind, value = defense if defense else (None, None)
-    trainer = ats_trainer(str(Policy(policy)), tuple(data.train.mean), tuple(data.train.std), make_defense(kind, value))
+    trainer = policy_trainer(str(Policy(policy)), tuple(data.train.mean), tuple(data.train.std),
+                             defense=None if defense is None else defense.gradient_defense())
     result = run_fedavg(model, data.train, data.test, data.splits, config, trainer=trainer, progress=progress)
-    return TrainedRow(str(Policy(policy)), defense_label(kind, value), result.model.eval(),
+    return TrainedRow(str(Policy(policy)), defense_label(defense), result.model.eval(),
                       100.0 * result.final_accuracy, result.seconds)
 
 
@@ -214,12 +332,10 @@ def victim_images(images: torch.Tensor, policy: str, seed: int = 0) -> torch.Ten
 
 def attack_under_policy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, policy: str, *,
                         mean: Sequence[float], std: Sequence[float], attack: str = "ats_adam_cosine",
-                        iterations: int | None = None, defense: tuple[str, float] | None = None, seed: int = 0,
+                        iterations: int | None = None, defense: Defense | None = None, seed: int = 0,
                         progress: bool = False, **overrides) -> PolicyAttack:
     """Attack ``model`` on uint8 victim ``images`` (batch size 1 each) that the client transforms with
     ``policy`` before computing its gradient (after the gradient ``defense``, if any)."""
-    import time
-
     started = time.perf_counter()
     model.eval()
     transformed = victim_images(images, policy, seed)
@@ -227,9 +343,9 @@ def attack_under_policy(model: nn.Module, images: torch.Tensor, labels: torch.Te
     s = torch.tensor(std).view(1, -1, 1, 1)
     x = (transformed.float() / 255.0 - m) / s
     device = next(model.parameters()).device
-    kind, value = defense if defense else (None, None)
     update = client_update(model, x.to(device), labels.to(device), images_per_victim=1,
-                           defense=make_defense(kind, value), generator=generator(seed, "ats-defense"))
+                           defense=None if defense is None else defense.gradient_defense(),
+                           generator=generator(seed, "ats-defense"))
     view = ServerView(model, update, num_images=1, image_shape=tuple(images.shape[1:]), mean=tuple(mean),
                       std=tuple(std), labels=labels.to(device)[:, None])
     if iterations is not None:
@@ -238,7 +354,7 @@ def attack_under_policy(model: nn.Module, images: torch.Tensor, labels: torch.Te
     rec = result.denormalized().cpu()
     originals = images.float() / 255.0
     shown = transformed.float() / 255.0
-    return PolicyAttack(str(Policy(policy)), attack, defense_label(kind, value), originals, shown, rec,
+    return PolicyAttack(str(Policy(policy)), attack, defense_label(defense), originals, shown, rec,
                         metrics.psnr(shown, rec), metrics.psnr(originals, rec), time.perf_counter() - started)
 
 
@@ -259,19 +375,19 @@ class Rows:
         self.models: dict[tuple[str, str], TrainedRow] = {}
         self.attacks: dict[tuple[str, str, str, str], PolicyAttack] = {}
 
-    def trained(self, policy: str = "none", defense: tuple[str, float] | None = None) -> TrainedRow:
-        key = (str(Policy(policy)), defense_label(*(defense or (None,))))
+    def trained(self, policy: str = "none", defense: Defense | None = None) -> TrainedRow:
+        key = (str(Policy(policy)), defense_label(defense))
         if key not in self.models:
             self.models[key] = train_row(self.arch, self.data, self.config, key[0], defense, self.seed, self.width,
                                          self.progress)
         return self.models[key]
 
-    def attacked(self, policy: str = "none", attack: str = "ats_adam_cosine", defense: tuple[str, float] | None = None,
+    def attacked(self, policy: str = "none", attack: str = "ats_adam_cosine", defense: Defense | None = None,
                  model_policy: str | None = None) -> PolicyAttack:
         """Attack victims transformed by ``policy`` on the model trained with ``model_policy``
         (default: the same policy) and the same defense."""
         trained_with = str(Policy(policy if model_policy is None else model_policy))
-        key = (str(Policy(policy)), attack, defense_label(*(defense or (None,))), trained_with)
+        key = (str(Policy(policy)), attack, defense_label(defense), trained_with)
         if key not in self.attacks:
             row = self.trained(trained_with, defense)
             self.attacks[key] = attack_under_policy(
@@ -282,8 +398,6 @@ class Rows:
 
 def random_policy_list(count: int, seed: int = 0) -> list[str]:
     """``count`` distinct random policies of ≤ 3 operations (the paper's Random rows), seeded."""
-    from fedrepro.defenses.transforms import random_policies
-
     return random_policies(count, generator(seed, "ats-random-policies"))
 
 
@@ -382,9 +496,257 @@ def describe_policy(policy: str) -> str:
     return f"{p}: {p.describe()}"
 
 
+# --- the notebook's sections ---------------------------------------------------------------------
+
+def library_summary(indices: Sequence[int] = PAPER_LOWEST_OPERATIONS, max_ops: int = 3) -> str:
+    """The size of the search space and the library operations at ``indices``, one per line."""
+    lines = [f"policies of at most {max_ops} operations: {search_space_size(max_ops):,}"]
+    lines += [f"{index:2d}: {LIBRARY[index].describe()}" for index in indices]
+    return "\n".join(lines)
+
+
+class Study:
+    """Notebook 05 on one search dataset: the search per architecture, then each table and figure.
+
+    Every number goes into ``report`` under this module's keys. ``data`` / ``transfer`` are loaded from
+    the parameters when not given (tests pass small in-memory datasets). Sections reuse each other's
+    trained models and attacks through one :class:`Rows` per architecture, so calling them in the
+    notebook's order runs each training and attack once.
+    """
+
+    def __init__(self, params: ATSParameters, report: Any, data: FederatedData | None = None,
+                 transfer: FederatedData | None = None) -> None:
+        from fedrepro.search import SearchSettings, pick_images
+
+        p = params
+        self.params, self.report, self._transfer = p, report, transfer
+        self.work = Path(p.results_dir)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.data = data if data is not None else self._load(p.dataset)
+        self.mean, self.std = self.data.train.mean, self.data.train.std
+        self.victim_images, self.victim_labels = self.data.test.images[:p.victims], self.data.test.labels[:p.victims]
+        self.rest = self.data.test.subset(torch.arange(p.victims, len(self.data.test)))
+        self.spri_images, self.spri_labels = pick_images(self.rest, p.spri_per_class, p.seed)
+        self.config = p.fedavg_config()
+        self.settings = SearchSettings(points=p.spri_points, runs=p.sacc_runs, seed=p.seed)
+        self.t_acc = p.t_acc_per_image * self.data.train.num_classes
+        self.searches: dict[str, Any] = {}
+        self.best: dict[str, list[str]] = {}
+        self.hybrids: dict[str, str] = {}
+        self.rows: dict[str, Rows] = {}
+
+    def _load(self, dataset: str) -> FederatedData:
+        p = self.params
+        return load_federated(dataset, p.num_clients, p.seed, samples_per_client=p.samples_per_client,
+                              test_samples=p.test_samples, image_size=32, root=p.data_root)
+
+    def _rows(self, arch: str, data: FederatedData) -> Rows:
+        p = self.params
+        return Rows(arch, data, self.config, data.test.images[:p.victims], data.test.labels[:p.victims], seed=p.seed,
+                    width=p.convnet_width, iterations=p.attack_iterations)
+
+    def describe(self) -> str:
+        p = self.params
+        return (f"{self.data.describe()}\nS_pri on {len(self.spri_images)} images, {p.spri_points} points; S_acc over "
+                f"{p.sacc_runs} batches of {self.data.train.num_classes}, T_acc = {self.t_acc:.1f}")
+
+    # Algorithm 1
+    def search(self, arch: str) -> str:
+        """Train M^s, run Algorithm 1 for ``arch`` and keep its two best policies and their hybrid."""
+        from fedrepro.search import PolicySearch, train_semi_model
+
+        p, train = self.params, self.data.train
+        semi = build_ats_model(arch, train, p.seed, p.convnet_width)
+        semi = train_semi_model(semi, train, fraction=p.semi_fraction, epochs=p.semi_epochs, lr=p.semi_lr,
+                                seed=p.seed, device=p.device)
+        device = next(semi.parameters()).device
+        _, semi_accuracy = evaluate(semi, self.data.test.normalize(self.data.test.images).to(device),
+                                    self.data.test.labels.to(device))
+        self.report.measure(semi_accuracy_key(arch), 100 * semi_accuracy,
+                            setting=f"M^s test accuracy ({p.dataset}, {p.semi_fraction:.0%} of the data, "
+                                    f"{p.semi_epochs} epochs, lr {p.semi_lr})")
+        random_model = build_ats_model(arch, train, p.seed + 1, p.convnet_width).eval().to(device)
+        search = PolicySearch(semi, random_model, self.spri_images, self.spri_labels, self.rest.images,
+                              self.rest.labels, mean=self.mean, std=self.std,
+                              path=self.work / f"search-{p.dataset}-{arch}.jsonl", t_acc=self.t_acc,
+                              settings=self.settings)
+        self.best[arch] = [r["policy"] for r in search.run(c_max=p.c_max, n=2)]
+        self.hybrids[arch] = search.hybrid(n=2)
+        self.searches[arch] = search
+        self.rows[arch] = self._rows(arch, self.data)
+        passed = sum(search.passes(search.records[policy]) for policy in search.searched)
+        lines = [f"{arch}: M^s test accuracy {100 * semi_accuracy:.1f}%",
+                 f"{arch}: {len(search.searched)} policies searched, {passed} pass T_acc; best {self.best[arch]}, "
+                 f"hybrid {self.hybrids[arch]}"]
+        lines += [f"   {describe_policy(r['policy'])}  S_pri {r['s_pri']:.4f}  S_acc {r['s_acc']:.2f}"
+                  for r in search.best(2)]
+        return "\n".join(lines)
+
+    def search_all(self) -> str:
+        """:meth:`search` for every architecture; records how many policies the first searched."""
+        text = "\n".join(self.search(arch) for arch in self.params.archs)
+        first = self.params.archs[0]
+        self.report.measure(SEARCHED_KEY, len(self.searches[first].searched),
+                            setting=f"policies searched ({self.params.dataset}, {first})")
+        return text
+
+    # Figure 5
+    def figure5(self) -> tuple[Figure, str]:
+        """S_pri of the first ``figure5_operations`` single operations on the first architecture."""
+        p, arch = self.params, self.params.archs[0]
+        singles = {i: self.searches[arch].evaluate(str(i), privacy=True)["s_pri"] for i in range(p.figure5_operations)}
+        ours = lowest(singles, 5)
+        paper = [int(self.report.reported(figure5_key(k))) for k in range(1, 6)]
+        title = f"S_pri of {len(singles)} single operations, {p.dataset}, {arch} ({p.tier} tier)"
+        fig = plot_single_scores(singles, paper_lowest=paper, title=title)
+        for k, index in enumerate(ours, 1):
+            self.report.measure(figure5_key(k), index, setting=f"library index with the {k}. lowest S_pri "
+                                f"({p.dataset}, {arch}, of operations 0..{p.figure5_operations - 1})")
+        return fig, f"our five lowest: {ours}   the paper's: {paper}"
+
+    # Tables 1 and 4
+    def policy_rows(self, arch: str, data_name: str, rows: Rows, policies: Sequence[tuple[str, Any]],
+                    transfer: bool = False) -> list[dict[str, Any]]:
+        """Table 1 / 4 rows, one per ``(slot, policy)``; the ``random`` slot takes a list of policies and
+        averages PSNR and accuracy over them."""
+        out = []
+        note = stand_in_note(data_name)
+        for slot, policy in policies:
+            if slot == "random":
+                attacks = [rows.attacked(q) for q in policy]
+                accs = [rows.trained(q).accuracy for q in policy]
+                psnr = sum(a.psnr_mean for a in attacks) / len(attacks)
+                psnr_clean = sum(a.psnr_original_mean for a in attacks) / len(attacks)
+                acc, shown = sum(accs) / len(accs), f"random ({len(policy)})"
+            else:
+                attack = rows.attacked(policy)
+                psnr, psnr_clean, acc, shown = (attack.psnr_mean, attack.psnr_original_mean,
+                                                rows.trained(policy).accuracy, policy)
+            psnr_key = result_key(data_name, arch, slot, "psnr", transfer=transfer)
+            acc_key = result_key(data_name, arch, slot, "accuracy", transfer=transfer)
+            self.report.measure(psnr_key, psnr, setting=f"attack PSNR, {data_name}, {arch}, {shown}{note}")
+            self.report.measure(acc_key, acc, setting=f"test accuracy, {data_name}, {arch}, {shown}{note}")
+            out.append({"slot": slot, "policy": shown, "PSNR (dB)": psnr, "paper PSNR": self.report.reported(psnr_key),
+                        "PSNR vs clean": psnr_clean, "accuracy (%)": acc,
+                        "paper accuracy": self.report.reported(acc_key)})
+        return out
+
+    def table1(self) -> str:
+        """None / Random / best1 / best2 / hybrid, and the paper's published policies, per architecture."""
+        p = self.params
+        randoms = random_policy_list(p.random_policies, p.seed)
+        parts = []
+        for arch in p.archs:
+            rows = self.rows[arch]
+            published = PUBLISHED.get((paper_dataset(p.dataset), arch), ())
+            policies = [("none", "none"), ("random", randoms), ("best1", self.best[arch][0]),
+                        ("best2", self.best[arch][1]), ("hybrid", self.hybrids[arch])]
+            table = self.policy_rows(arch, p.dataset, rows, policies)
+            for policy in p.published_policies:
+                attack = rows.attacked(policy)
+                acc = rows.trained(policy).accuracy
+                for what, value in (("psnr", attack.psnr_mean), ("accuracy", acc)):
+                    self.report.measure(published_key(p.dataset, arch, policy, what), value,
+                                        setting=f"{what}, {p.dataset}, {arch}, the paper's policy {policy} applied "
+                                                f"directly{stand_in_note(p.dataset)}")
+                table.append({"slot": "published", "policy": policy, "PSNR (dB)": attack.psnr_mean,
+                              "PSNR vs clean": attack.psnr_original_mean, "accuracy (%)": acc})
+            title = (f"**Table 1, {p.dataset}, {arch}** ({p.tier} tier{stand_in_note(p.dataset)}; the paper's "
+                     f"best policies here were {' and '.join(published)})")
+            parts.append(title + "\n\n" + markdown_table(table, TABLE1_COLUMNS))
+        return "\n\n".join(parts)
+
+    def table4(self) -> tuple[str, str]:
+        """The searched policies applied to ``transfer_dataset`` without a new search: its description
+        and the tables."""
+        p = self.params
+        if self._transfer is None:
+            self._transfer = self._load(p.transfer_dataset)
+        target = self._transfer
+        parts = []
+        for arch in p.archs:
+            rows = self._rows(arch, target)
+            policies = [("none", "none"), ("best1", self.best[arch][0]), ("best2", self.best[arch][1]),
+                        ("hybrid", self.hybrids[arch])]
+            table = self.policy_rows(arch, p.transfer_dataset, rows, policies, transfer=True)
+            parts.append(f"**Table 4, {p.dataset} → {p.transfer_dataset}, {arch}** ({p.tier} tier"
+                         f"{stand_in_note(p.transfer_dataset)})\n\n" + markdown_table(table, TABLE1_COLUMNS))
+        return target.describe(), "\n\n".join(parts)
+
+    # Figures 4 and 2
+    def figure4(self, count: int = 6) -> list[Figure]:
+        """Clean / reconstructed / transformed by the hybrid / reconstructed, per architecture."""
+        import matplotlib.pyplot as plt
+
+        p = self.params
+        figures = []
+        for arch in p.archs:
+            fig = figure4_grid(self.rows[arch].attacked("none"), self.rows[arch].attacked(self.hybrids[arch]), count)
+            plt.suptitle(f"{p.dataset}, {arch}, hybrid {self.hybrids[arch]} ({p.tier} tier)", fontsize=9)
+            figures.append(fig)
+        return figures
+
+    def figure2(self) -> Figure:
+        """S_pri against attack PSNR over random policies, all attacked on the model trained without one."""
+        p, arch = self.params, self.params.archs[0]
+        sample = random_policy_list(p.figure2_policies, p.seed + 100)
+        spri = [self.searches[arch].evaluate(policy, privacy=True)["s_pri"] for policy in sample]
+        psnr = [self.rows[arch].attacked(policy, model_policy="none").psnr_mean for policy in sample]
+        r = pearson(spri, psnr)
+        fig = plot_correlation(spri, psnr, r, self.report.reported(PEARSON_KEY),
+                               title=f"{len(sample)} random policies, {p.dataset}, {arch} ({p.tier} tier)")
+        self.report.measure(PEARSON_KEY, r, setting=f"Pearson r of S_pri and attack PSNR over {len(sample)} random "
+                            f"policies ({p.dataset}, {arch}, {p.attack_iterations or 'preset'} attack iterations)")
+        return fig
+
+    # Tables 2 and 3
+    def table2(self) -> str:
+        """The hybrid against each of ``table2_attacks`` (first architecture)."""
+        p, arch = self.params, self.params.archs[0]
+        table = []
+        for attack in p.table2_attacks:
+            entry: dict[str, Any] = {"attack": attack}
+            for slot, policy in (("none", "none"), ("hybrid", self.hybrids[arch])):
+                value = self.rows[arch].attacked(policy, attack=attack).psnr_mean
+                key = table2_key(attack, slot)
+                self.report.measure(key, value, setting=f"{attack} PSNR, {p.dataset}, {arch}, {policy} "
+                                                        f"(paper: CIFAR-100, ResNet20)")
+                entry[slot] = value
+                entry[f"paper {slot}"] = self.report.reported(key)
+            table.append(entry)
+        return (f"**Table 2, {p.dataset}, {arch}** ({p.tier} tier)\n\n"
+                + markdown_table(table, ["attack", "none", "paper none", "hybrid", "paper hybrid"]))
+
+    def table3(self) -> str:
+        """No defense, each of ``table3_defenses`` (in training and on the victim's gradient), and the hybrid."""
+        p, arch = self.params, self.params.archs[0]
+        rows = self.rows[arch]
+        table = []
+        for defense in [None] + p.defenses:
+            label = defense_label(defense)
+            attack = rows.attacked("none", defense=defense)
+            acc = rows.trained("none", defense).accuracy
+            if defense is not None:
+                for what, v in (("psnr", attack.psnr_mean), ("accuracy", acc)):
+                    self.report.measure(table3_key(label, what), v,
+                                        setting=f"{what}, {p.dataset}, {arch}, {label} (paper: CIFAR-100, ResNet20)")
+            table.append({"defense": label, "PSNR (dB)": attack.psnr_mean,
+                          "paper PSNR": self.report.reported(table3_key(label, "psnr")),
+                          "accuracy (%)": acc, "paper accuracy": self.report.reported(table3_key(label, "accuracy"))})
+        hybrid = self.hybrids[arch]
+        table.append({"defense": f"hybrid {hybrid}", "PSNR (dB)": rows.attacked(hybrid).psnr_mean,
+                      "paper PSNR": self.report.reported(table3_key("hybrid", "psnr")),
+                      "accuracy (%)": rows.trained(hybrid).accuracy,
+                      "paper accuracy": self.report.reported(table3_key("hybrid", "accuracy"))})
+        return (f"**Table 3, {p.dataset}, {arch}** ({p.tier} tier)\n\n"
+                + markdown_table(table, ["defense", "PSNR (dB)", "paper PSNR", "accuracy (%)", "paper accuracy"]))
+
+
 __all__ = [
-    "LIBRARY", "PUBLISHED", "PolicyAttack", "PolicyBatch", "Rows", "STAND_INS", "TABLE2_ATTACKS", "TABLE3", "TrainedRow",
-    "ats_trainer", "attack_under_policy", "build_ats_model", "defense_label", "describe_policy", "figure4_grid", "lowest",
-    "make_defense", "markdown_table", "paper_dataset", "pearson", "random_policy_list", "plot_correlation", "plot_single_scores",
-    "result_key", "stand_in_note", "train_row", "transform_batch", "victim_images",
+    "ARCHS", "ATSParameters", "LIBRARY", "PAPER_LOWEST_OPERATIONS", "PEARSON_KEY", "PUBLISHED", "PolicyAttack", "Rows",
+    "SEARCHED_KEY", "SECTIONS", "STAND_INS", "Study", "TABLE1_COLUMNS", "TABLE2_ATTACKS", "TABLE3", "TABLE3_PARAMETER",
+    "TrainedRow", "attack_under_policy", "build_ats_model", "defense_label", "describe_policy", "figure4_grid",
+    "figure5_key", "library_summary", "lowest", "markdown_table", "paper_dataset", "pearson", "plot_correlation",
+    "plot_single_scores", "published_key", "random_policy_list", "result_key", "semi_accuracy_key", "stand_in_note",
+    "table2_key", "table3_defense", "table3_key", "train_row", "victim_images",
 ]
