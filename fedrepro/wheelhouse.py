@@ -43,7 +43,8 @@ def _requirement_name(requirement: str) -> tuple[str, str]:
     return canonical(name.group(1)), marker.strip()
 
 
-def runtime_closure(root: str = "fedrepro", python_version: str | None = None) -> tuple[dict[str, str], list[str]]:
+def runtime_closure(root: str = "fedrepro", python_version: str | None = None,
+                    exclude: set[str] = frozenset()) -> tuple[dict[str, str], list[str]]:
     """What ``root`` needs at run time (no extras): installed distributions as name -> installed version,
     and the requirements that only the target's Python has (not installed here, so not pinned).
 
@@ -65,7 +66,7 @@ def runtime_closure(root: str = "fedrepro", python_version: str | None = None) -
     pending = [(canonical(root), root)]
     while pending:
         name, requirement = pending.pop()
-        if name in found:
+        if name in found or name in exclude:
             continue
         try:
             dist = metadata.distribution(name)
@@ -84,11 +85,13 @@ def runtime_closure(root: str = "fedrepro", python_version: str | None = None) -
     return found, sorted(set(unpinned))
 
 
-def plan(have: set[str] = frozenset(), python_version: str | None = None) -> tuple[dict[str, str], list[str]]:
+def plan(have: set[str] = frozenset(), python_version: str | None = None,
+         exclude: set[str] = frozenset()) -> tuple[dict[str, str], list[str]]:
     """What the wheelhouse must hold: the closure, less the torch family and ``have``: pinned
-    distributions (name -> version) and unpinned requirements (downloaded with their dependencies)."""
+    distributions (name -> version) and unpinned requirements (downloaded with their dependencies).
+    ``exclude`` prunes the dependency walk at those names (what only they need is left out too)."""
     have = {canonical(n) for n in have}
-    pinned, unpinned = runtime_closure(python_version=python_version)
+    pinned, unpinned = runtime_closure(python_version=python_version, exclude={canonical(n) for n in exclude})
     keep = [r for r in unpinned if not TORCH_FAMILY.match(_requirement_name(r)[0]) and _requirement_name(r)[0] not in have]
     return {n: v for n, v in sorted(pinned.items()) if not TORCH_FAMILY.match(n) and n not in have}, keep
 
@@ -115,10 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedrepro.wheelhouse", description=__doc__.split("\n\n")[0])
     parser.add_argument("dest", type=Path, help="folder for the wheels (created)")
     parser.add_argument("--python-version", default="3.12", help="the target's Python, e.g. 3.12 (default)")
-    parser.add_argument("--have", type=Path, help="a pip freeze of the target: these are left out")
+    parser.add_argument("--have", type=Path, help="a pip freeze of the target (or one name a line): these are left out")
+    parser.add_argument("--exclude", nargs="*", default=[], metavar="NAME",
+                        help="leave these distributions out too (with nothing that only they need, e.g. jupyterlab "
+                             "on a machine that runs notebooks headlessly)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, download nothing")
     args = parser.parse_args(argv)
-    pinned, unpinned = plan(read_have(args.have) if args.have else set(), args.python_version)
+    pinned, unpinned = plan(read_have(args.have) if args.have else set(), args.python_version, set(args.exclude))
     requirements = [f"{n}=={v}" for n, v in pinned.items()]
     print(f"{len(requirements)} distributions at this environment's versions, for Python {args.python_version} "
           f"(torch family left out): {', '.join(requirements)}")

@@ -39,3 +39,11 @@ def test_download_command_is_binary_only_for_the_target():
     assert command[-1] == "opacus==1.6.0" and "--no-deps" in command and "--only-binary=:all:" in command
     assert command[command.index("--python-version") + 1] == "3.12"
     assert "--no-deps" not in wheelhouse.download_command("aiohttp>=3.9", Path("w"), "3.12", deps=True)
+
+
+def test_exclude_prunes_what_only_the_excluded_need():
+    full, _ = wheelhouse.plan(python_version="3.11")
+    pruned, _ = wheelhouse.plan(python_version="3.11", exclude={"jupyterlab"})
+    assert "jupyterlab" in full and "jupyterlab" not in pruned
+    assert "jupyter-server" in full and "jupyter-server" not in pruned  # needed by jupyterlab alone
+    assert "ipykernel" in pruned and "opacus" in pruned  # still needed by the rest
