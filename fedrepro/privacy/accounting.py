@@ -14,11 +14,14 @@ size ``int(n · q)``.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Iterable
 
-from opacus.accountants import IAccountant, create_accountant
+import numpy as np
+from opacus.accountants import IAccountant, RDPAccountant, create_accountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -53,6 +56,20 @@ def expected_batch_size(num_samples: int, batch_size: int) -> int:
     return max(1, int(num_samples * sample_rate(num_samples, batch_size)))
 
 
+@functools.lru_cache(maxsize=4096)
+def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    """RDP of one Poisson-sampled Gaussian step at every order of opacus's grid.
+
+    RDP composes additively and opacus's ``compute_rdp`` is this vector times the step count, so caching
+    it per (σ, q) gives opacus's ε bit for bit while its fractional-order series (pure Python, ~0.5 s
+    on 2 cores) runs once per setting instead of at every round of every client.
+    """
+    rdp = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                                   orders=RDPAccountant.DEFAULT_ALPHAS)
+    rdp.setflags(write=False)
+    return rdp
+
+
 def epsilon_of(accountant: IAccountant, delta: float) -> float:
     """ε an accountant has spent for ``delta`` (0 before any step; ∞ if a step had no noise)."""
     if not accountant.history:
@@ -62,6 +79,10 @@ def epsilon_of(accountant: IAccountant, delta: float) -> float:
     with warnings.catch_warnings():
         # RDP warns when the best order is at the edge of its grid; the bound is still valid (only looser).
         warnings.filterwarnings("ignore", message="Optimal order is the (smallest|largest) alpha")
+        if type(accountant) is RDPAccountant:  # opacus's get_privacy_spent with the per-step RDP cached
+            rdp = sum([_rdp_per_step(sigma, q) * steps for sigma, q, steps in accountant.history])
+            eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+            return float(eps)
         return float(accountant.get_epsilon(delta=delta))
 
 
