@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 
+from fedrepro.validation import names
+
 T = TypeVar("T")
 
 
@@ -43,13 +45,7 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-def check_choices(parameter: str, chosen: Iterable[str], allowed: Sequence[str]) -> list[str]:
-    """``chosen`` as a list, or a ValueError naming the unknown entries: a notebook's section list with a
-    typo would otherwise skip that section without a word."""
-    if isinstance(chosen, str):
-        raise TypeError(f"{parameter} must be a list of names, got the string {chosen!r}")
-    chosen = list(chosen)
-    unknown = [c for c in chosen if c not in allowed]
-    if unknown:
-        raise ValueError(f"unknown {parameter} {unknown}; choose from: {', '.join(allowed)}")
-    return chosen
+def check_choices(parameter: str, chosen: Sequence[str], allowed: Iterable[str]) -> list[str]:
+    """``chosen`` as a list, each one of ``allowed``: :func:`fedrepro.validation.names` under the name the
+    runner's tests know (a notebook's section list with a typo would otherwise skip that section silently)."""
+    return names(parameter, chosen, allowed)

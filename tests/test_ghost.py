@@ -112,3 +112,16 @@ def test_unsupported_layers_fall_back_to_opacus_or_are_named():
     assert DPTrainer(noise_multiplier=1.0, engine="auto")._engine_for(model_of("cnn")) == "ghost"
     with pytest.raises(ValueError, match="unknown engine 'fast'"):
         DPTrainer(noise_multiplier=1.0, engine="fast")
+
+
+def test_a_deep_copy_of_the_model_neither_copies_the_clipper_nor_disturbs_it():
+    import copy
+
+    model, client = model_of("tanhnet"), data("tanhnet", 4)
+    clipper = GhostClipper(model, [list(range(len(list(model.parameters()))))], [1.0])
+    twin = copy.deepcopy(model)  # what adversarial training's hook-free copy starts from
+    assert twin.conv1._forward_hooks and next(iter(twin.conv1._forward_hooks.values())).__self__ is clipper
+    twin(client.x_train).sum().backward()  # the copy's forward is ignored by the clipper
+    sums = clipper.clipped_sum(model_loss(model, model(client.x_train), client.y_train) * 4)
+    assert len(sums) == len(list(model.parameters()))
+    clipper.close()

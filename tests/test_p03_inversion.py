@@ -260,20 +260,22 @@ def test_params_defaults_are_the_smoke_tier_and_every_tier_validates():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(experiments=["trainig"]), r"unknown experiments \['trainig'\]"),
-    (dict(training_models=["resnet99"]), "unknown training_models"),
-    (dict(defense_state="half trained"), "unknown defense_state"),
-    (dict(defense_state="trained, no augmentation", no_augmentation_models=[]), "needs 'cnn' in no_augmentation"),
-    (dict(batchnorm="frozen"), "batchnorm must be one of"),
-    (dict(noise_variances=[0.1, -1.0]), r"noise_variances must be >= 0 \(σ², a variance\), got \[-1.0\]"),
-    (dict(prune_ratios=[1.5]), r"prune_ratios must be in \[0, 1\]"),
-    (dict(victims={"resnet18": 2}), r"victims has no entry for \['cnn'\]"),
-    (dict(victims={"default": 0}), "victims must be a positive integer"),
-    (dict(iterations=100), "iterations maps model names"),
-    (dict(partial_fraction=1.0), r"partial_fraction must be in \(0, 1\), got 1.0"),
-    (dict(multistep_steps=[0, 5]), "multistep_steps must be positive integers"),
-    (dict(train_samples=0), "train_samples must be a positive integer or None"),
-    (dict(restarts=True), "restarts must be a positive integer"),
+    (dict(experiments=["trainig"]), r"experiments\[0\] = 'trainig' is invalid: choose one of training, "),
+    (dict(training_models=["resnet99"]), r"training_models\[0\] = 'resnet99' is invalid: choose one of "),
+    (dict(defense_state="half trained"), r"defense_state = 'half trained' is invalid: choose one of untrained, "),
+    (dict(defense_state="trained, no augmentation", no_augmentation_models=[]),
+     r"defense_state = 'trained, no augmentation' is invalid: it needs 'cnn' in no_augmentation_models"),
+    (dict(batchnorm="frozen"), r"batchnorm = 'frozen' is invalid: choose one of eval, train$"),
+    (dict(noise_variances=[0.1, -1.0]), r"noise_variances\[1\] = -1.0 is invalid: expected a number ≥ 0$"),
+    (dict(prune_ratios=[1.5]), r"prune_ratios\[0\] = 1.5 is invalid: expected a number in \[0, 1\]$"),
+    (dict(victims={"resnet18": 2}), r"victims = \{'resnet18': 2\} is invalid: expected an entry for \['cnn'\] or"),
+    (dict(victims={"default": 0}), r"victims\['default'\] = 0 is invalid: expected an integer ≥ 1$"),
+    (dict(iterations=100), r"iterations = 100 is invalid: expected a mapping from model names"),
+    (dict(train_epochs={"default": 0}), r"train_epochs\['default'\] = 0 is invalid: expected a number > 0$"),
+    (dict(partial_fraction=1.0), r"partial_fraction = 1.0 is invalid: expected a number in \(0, 1\)$"),
+    (dict(multistep_steps=[0, 5]), r"multistep_steps\[0\] = 0 is invalid: expected an integer ≥ 1$"),
+    (dict(train_samples=0), r"train_samples = 0 is invalid: expected an integer ≥ 1, or None$"),
+    (dict(restarts=True), r"restarts = True is invalid: expected an integer ≥ 1$"),
 ])
 def test_params_refuse_bad_values_by_name(change, message):
     with pytest.raises(ValueError, match=message):

@@ -74,12 +74,21 @@ def test_parameters_are_validated_and_written_whole():
     assert set(written) == {f.name for f in dataclasses.fields(ats.ATSParameters)} and written["c_max"] == 4
     config = params.fedavg_config()
     assert (config.rounds, config.optimizer, config.momentum, config.workers) == (1, "sgd", 0.9, 1)
-    bad = [({"archs": ["vgg"]}, "archs"), ({"tables": ["tabel1"]}, "tables"), ({"dataset": "imagenet"}, "dataset"),
-           ({"table2_attacks": ["ig"]}, "table2_attacks"), ({"figure5_operations": 51}, "figure5_operations"),
-           ({"spri_points": 1}, "spri_points"), ({"semi_fraction": 0.0}, "semi_fraction"),
-           ({"table3_defenses": [["blur", 1.0]]}, "blur"), ({"table3_defenses": [["prune"]]}, "pairs"),
-           ({"published_policies": ["3-1-99"]}, "outside"), ({"attack_iterations": 0}, "attack_iterations"),
-           ({"momentum": 1.0}, "momentum"), ({"t_acc_per_image": 1.0}, "t_acc_per_image")]
+    bad = [({"archs": ["vgg"]}, r"archs\[0\] = 'vgg' is invalid: choose one of resnet20, convnet$"),
+           ({"archs": []}, r"archs = \[\] is invalid: expected a non-empty list of names"),
+           ({"tables": ["tabel1"]}, r"tables\[0\] = 'tabel1' is invalid: choose one of "),
+           ({"dataset": "imagenet"}, r"dataset = 'imagenet' is invalid: choose one of .*cifar10"),
+           ({"table2_attacks": ["ig"]}, r"table2_attacks\[0\] = 'ig' is invalid"),
+           ({"figure5_operations": 51}, r"figure5_operations = 51 is invalid: expected an integer from 1 to 50$"),
+           ({"rounds": 2.5}, r"rounds = 2.5 is invalid: expected an integer ≥ 1$"),
+           ({"spri_points": 1}, r"spri_points = 1 is invalid: expected an integer ≥ 2$"),
+           ({"semi_fraction": 0.0}, r"semi_fraction = 0.0 is invalid: expected a number in \(0, 1\]$"),
+           ({"table3_defenses": [["blur", 1.0]]}, "blur"),
+           ({"table3_defenses": [["prune"]]}, r"table3_defenses\[0\] = \['prune'\] is invalid: expected a \[kind"),
+           ({"published_policies": ["3-1-99"]}, "outside"),
+           ({"attack_iterations": 0}, r"attack_iterations = 0 is invalid: expected an integer ≥ 1, or None$"),
+           ({"momentum": 1.0}, r"momentum = 1.0 is invalid: expected a number in \[0, 1\)$"),
+           ({"t_acc_per_image": 1.0}, r"t_acc_per_image = 1.0 is invalid: expected a number ≤ 0$")]
     for change, message in bad:
         with pytest.raises(ValueError, match=message):
             ats.ATSParameters(**change)

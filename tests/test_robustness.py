@@ -336,21 +336,34 @@ def test_parameters_default_to_the_smoke_tier_and_record_every_value_as_json():
     assert recorded["epsilons"] == [1.7] and recorded["grid_model"] is None and len(recorded) == 37
 
 
-@pytest.mark.parametrize("name, value, valid", [
-    ("tier", "fast", "smoke, quick, paper"), ("model_name", "resnet7", "resnet9"), ("grid_model", "x", "None or"),
-    ("rounds", 0, "≥ 1"), ("samples_per_client", 0, "or None"), ("lr", 0.0, "> 0"), ("val_fraction", 1.0, "[0, 1)"),
-    ("delta", 1.5, "(0, 1)"), ("attack_eps_255", 300, "[0, 255]"), ("attack_steps", -1, "≥ 0"),
-    ("epsilons", [1.7, 0.0], "ε > 0"), ("epsilons", "1.7", "ε > 0"), ("adv_shares", [0.2, 1.5], "(0, 1]"),
-    ("poison_shares", [0.0], "(0, 1]"), ("attack_methods", ["fgsm"], "includes pgd"),
-    ("adv_methods", ["cw"], "fgsm, pgd, fab"), ("poison_method", "cw", "fgsm, pgd, fab"),
-    ("poison_mode", "live", "static, online"), ("size_models", ["resnet7"], "resnet9"),
+@pytest.mark.parametrize("name, value, message", [
+    ("tier", "fast", "tier = 'fast' is invalid: choose one of smoke, quick, paper"),
+    ("model_name", "resnet7", "model_name = 'resnet7' is invalid: choose one of "),
+    ("grid_model", "x", "grid_model = 'x' is invalid: choose None or one of "),
+    ("rounds", 0, "rounds = 0 is invalid: expected an integer ≥ 1"),
+    ("rounds", True, "rounds = True is invalid: expected an integer ≥ 1"),
+    ("samples_per_client", 0, "samples_per_client = 0 is invalid: expected an integer ≥ 1, or None"),
+    ("lr", 0.0, "lr = 0.0 is invalid: expected a number > 0"),
+    ("val_fraction", 1.0, "val_fraction = 1.0 is invalid: expected a number in [0, 1)"),
+    ("delta", 1.5, "delta = 1.5 is invalid: expected a number in (0, 1)"),
+    ("attack_eps_255", 300, "attack_eps_255 = 300 is invalid: expected a number in [0, 255]"),
+    ("attack_steps", -1, "attack_steps = -1 is invalid: expected an integer ≥ 0"),
+    ("epsilons", [1.7, 0.0], "epsilons[1] = 0.0 is invalid: expected a number > 0"),
+    ("epsilons", "1.7", "epsilons = '1.7' is invalid: expected a list of numbers > 0"),
+    ("adv_shares", [0.2, 1.5], "adv_shares[1] = 1.5 is invalid: expected a number in (0, 1]"),
+    ("poison_shares", [0.0], "poison_shares[0] = 0.0 is invalid: expected a number in (0, 1]"),
+    ("attack_methods", ["fgsm"], "attack_methods = ['fgsm'] is invalid: expected a list that includes pgd"),
+    ("adv_methods", ["cw"], "adv_methods[0] = 'cw' is invalid: choose one of fgsm, pgd, fab"),
+    ("poison_method", "cw", "poison_method = 'cw' is invalid: choose one of fgsm, pgd, fab"),
+    ("poison_mode", "live", "poison_mode = 'live' is invalid: choose one of static, online"),
+    ("size_models", ["resnet7"], "size_models[0] = 'resnet7' is invalid: choose one of "),
 ])
-def test_parameters_name_the_bad_value_and_the_valid_range(name, value, valid):
+def test_parameters_name_the_bad_value_and_the_valid_range(name, value, message):
     from fedrepro.papers.p01_robustness import Parameters
 
-    with pytest.raises(ValueError, match=f"^{name} = ") as error:
+    with pytest.raises(ValueError) as error:
         Parameters(**{name: value})
-    assert repr(value) in str(error.value) and valid in str(error.value)
+    assert str(error.value).startswith(message)
 
 
 def test_result_keys_are_those_the_paper_values_are_stored_under():

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -38,39 +38,13 @@ from fedrepro.robustness.attacks import METHODS, AdversarialConfig, Normalized, 
 from fedrepro.robustness.threat import TransferResult, WhiteBoxResult, accuracy, attack_images, transfer, white_box
 from fedrepro.robustness.training import AdversarialBatches, AdversarialTrainer, poison_dataset
 from fedrepro.runtime import get_device
+from fedrepro.validation import choice, integer, names, number, numbers, require, text
 
 Log = Callable[[str], None]
 
 # --- parameters --------------------------------------------------------------------------------
 
 POISON_MODES = ("static", "online")
-
-
-def _check(ok: bool, name: str, value: Any, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"{name} = {value!r} is invalid: {valid}")
-
-
-def _positive_int_or_none(name: str, value: Any) -> None:
-    _check(value is None or (isinstance(value, int) and value >= 1), name, value, "an integer ≥ 1, or None")
-
-
-def _epsilons(name: str, values: Sequence[float]) -> tuple[float, ...]:
-    _check(not isinstance(values, str) and all(isinstance(e, (int, float)) and e > 0 for e in values), name, values,
-           "a list of privacy budgets ε > 0")
-    return tuple(values)
-
-
-def _shares(name: str, values: Sequence[float]) -> tuple[float, ...]:
-    _check(not isinstance(values, str) and all(isinstance(s, (int, float)) and 0 < s <= 1 for s in values), name,
-           values, "a list of shares of the training data in (0, 1]")
-    return tuple(values)
-
-
-def _names(name: str, values: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
-    _check(not isinstance(values, str) and all(v in allowed for v in values), name, values,
-           f"a list of {', '.join(allowed)}")
-    return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -121,46 +95,43 @@ class Parameters:
     data_root: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.tier in TIERS, "tier", self.tier, f"one of {', '.join(TIERS)}")
-        _check(isinstance(self.seed, int), "seed", self.seed, "an integer")
-        _check(isinstance(self.dataset, str) and bool(self.dataset), "dataset", self.dataset, "a dataset name")
-        models = MODELS.names()
-        _check(self.model_name in MODELS, "model_name", self.model_name, f"one of {', '.join(models)}")
-        _check(self.grid_model is None or self.grid_model in MODELS, "grid_model", self.grid_model,
-               f"None or one of {', '.join(models)}")
+        choice("tier", self.tier, TIERS)
+        integer("seed", self.seed)
+        text("dataset", self.dataset, "a dataset name")
+        choice("model_name", self.model_name, MODELS)
+        choice("grid_model", self.grid_model, MODELS, optional=True)
         for name in ("grid_rounds", "samples_per_client", "headline_samples", "test_samples", "attack_samples",
                      "calibration_samples"):
-            _positive_int_or_none(name, getattr(self, name))
+            integer(name, getattr(self, name), 1, optional=True)
         for name in ("num_clients", "rounds", "local_epochs", "batch_size", "fab_samples"):
-            value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, name, value, "an integer ≥ 1")
-        _check(isinstance(self.attack_steps, int) and self.attack_steps >= 0, "attack_steps", self.attack_steps,
-               "an integer ≥ 0")
-        _check(self.lr > 0, "lr", self.lr, "a learning rate > 0")
-        _check(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "a fraction in [0, 1)")
-        _check(0 < self.delta < 1, "delta", self.delta, "a probability in (0, 1)")
-        _check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "a clipping norm > 0")
-        _check(0 <= self.attack_eps_255 <= 255, "attack_eps_255", self.attack_eps_255, "grey levels in [0, 255]")
-        _check(0 <= self.attack_step_255 <= 255, "attack_step_255", self.attack_step_255, "grey levels in [0, 255]")
-        _check(isinstance(self.random_start, bool), "random_start", self.random_start, "True or False")
-        _check(self.poison_method in METHODS, "poison_method", self.poison_method, f"one of {', '.join(METHODS)}")
-        _check(self.poison_mode in POISON_MODES, "poison_mode", self.poison_mode, f"one of {', '.join(POISON_MODES)}")
-        _check(isinstance(self.device, str), "device", self.device, "auto, cpu, cuda or cuda:N")
-        lists = {
-            "epsilons": _epsilons("epsilons", self.epsilons),
-            "transfer_epsilons": _epsilons("transfer_epsilons", self.transfer_epsilons),
-            "adv_epsilons": _epsilons("adv_epsilons", self.adv_epsilons),
-            "poison_epsilons": _epsilons("poison_epsilons", self.poison_epsilons),
-            "adv_shares": _shares("adv_shares", self.adv_shares),
-            "poison_shares": _shares("poison_shares", self.poison_shares),
-            "attack_methods": _names("attack_methods", self.attack_methods, METHODS),
-            "adv_methods": _names("adv_methods", self.adv_methods, METHODS),
-            "size_models": _names("size_models", self.size_models, models),
+            integer(name, getattr(self, name), 1)
+        integer("attack_steps", self.attack_steps, 0)
+        number("lr", self.lr, 0, low_open=True)
+        number("val_fraction", self.val_fraction, 0, 1, high_open=True)
+        number("delta", self.delta, 0, 1, low_open=True, high_open=True)
+        number("max_grad_norm", self.max_grad_norm, 0, low_open=True)
+        number("attack_eps_255", self.attack_eps_255, 0, 255)  # grey levels
+        number("attack_step_255", self.attack_step_255, 0, 255)
+        require(isinstance(self.random_start, bool), "random_start", self.random_start, "expected True or False")
+        choice("poison_method", self.poison_method, METHODS)
+        choice("poison_mode", self.poison_mode, POISON_MODES)
+        require(isinstance(self.device, str), "device", self.device, "expected auto, cpu, cuda or cuda:N")
+        lists = {  # privacy budgets ε > 0, shares of the training data in (0, 1]
+            "epsilons": numbers("epsilons", self.epsilons, 0, low_open=True),
+            "transfer_epsilons": numbers("transfer_epsilons", self.transfer_epsilons, 0, low_open=True),
+            "adv_epsilons": numbers("adv_epsilons", self.adv_epsilons, 0, low_open=True),
+            "poison_epsilons": numbers("poison_epsilons", self.poison_epsilons, 0, low_open=True),
+            "adv_shares": numbers("adv_shares", self.adv_shares, 0, 1, low_open=True),
+            "poison_shares": numbers("poison_shares", self.poison_shares, 0, 1, low_open=True),
+            "attack_methods": names("attack_methods", self.attack_methods, METHODS),
+            "adv_methods": names("adv_methods", self.adv_methods, METHODS),
+            "size_models": names("size_models", self.size_models, MODELS.names()),
         }
         # the FAB cross-check, Figures 2–3 and the four effects compare with white-box PGD
-        _check("pgd" in lists["attack_methods"], "attack_methods", self.attack_methods, "a list that includes pgd")
+        require("pgd" in lists["attack_methods"], "attack_methods", self.attack_methods,
+                "expected a list that includes pgd")
         for name, value in lists.items():
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, tuple(value))
 
     @property
     def grid_model_name(self) -> str:

@@ -40,6 +40,7 @@ from fedrepro.privacy.clipping import (adaptive_thresholds, check_thresholds, gr
                                        layer_gradient_magnitudes, strategy_name, uniform_thresholds)
 from fedrepro.privacy.trainer import DPIncompatibleModelError, DPTrainer, check_dp_compatible, history_epsilons
 from fedrepro.runtime import derive_seed, generator
+from fedrepro.validation import choice, device, integer, integers, names, number, numbers, require, text
 
 NON_PRIVATE = "non-private"
 PAPER_ORDER = ("flat", "per_layer_adaptive", "per_layer_uniform")  # the paper's ranking, best first
@@ -55,37 +56,6 @@ IMAGE_SIZE = 32
 
 
 # --- parameters ---------------------------------------------------------------------------------
-
-def _integer(name: str, value: Any, minimum: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}{' or None' if optional else ''}, got {value!r}")
-
-
-def _number(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = True,
-            high_open: bool = True) -> None:
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
-
-
-def _numbers(name: str, values: Any, low: float, empty: bool = True) -> list:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise ValueError(f"{name} must be a list of numbers > {low:g}, got {values!r}")
-    if not values and not empty:
-        raise ValueError(f"{name} must list at least one value > {low:g}, got {values!r}")
-    for value in values:
-        _number(f"each of {name}", value, low)
-    return list(values)
-
-
-def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-
 
 @dataclass
 class ClippingParameters:
@@ -122,58 +92,39 @@ class ClippingParameters:
     data_root: str | None = None
 
     def __post_init__(self) -> None:
-        _integer("seed", self.seed, 0)
-        if not isinstance(self.dataset, str) or not self.dataset:
-            raise ValueError(f"dataset must be a dataset name such as 'cifar10', got {self.dataset!r}")
-        _choice("model_name", self.model_name, MODELS.names())
-        _integer("num_clients", self.num_clients, 1)
-        _integer("rounds", self.rounds, 1)
-        _integer("local_epochs", self.local_epochs, 1)
-        _integer("batch_size", self.batch_size, 1)
-        _number("lr", self.lr, 0.0)
-        _number("momentum", self.momentum, 0.0, 1.0, low_open=False)
-        _number("max_grad_norm", self.max_grad_norm, 0.0)
-        _number("delta", self.delta, 0.0, 1.0)
-        _choice("accountant", self.accountant, ACCOUNTANTS)
-        self.noise_multipliers = _numbers("noise_multipliers", self.noise_multipliers, 0.0, empty=False)
-        if isinstance(self.strategies, str) or not self.strategies:
-            raise ValueError(f"strategies must be a non-empty list from {', '.join(PAPER_ORDER)}; got {self.strategies!r}")
-        self.strategies = list(self.strategies)
-        for strategy in self.strategies:
-            _choice("each of strategies", strategy, PAPER_ORDER)
-        if len(set(self.strategies)) != len(self.strategies):
-            raise ValueError(f"strategies lists a strategy twice: {self.strategies!r}")
-        self.paper_layer_list = _numbers("paper_layer_list", self.paper_layer_list, 0.0)
-        self.paper_list_noise_multipliers = _numbers("paper_list_noise_multipliers",
-                                                     self.paper_list_noise_multipliers, 0.0)
-        if self.paper_list_noise_multipliers and not self.paper_layer_list:
-            raise ValueError("paper_layer_list is empty but paper_list_noise_multipliers asks to run it at "
-                             f"{self.paper_list_noise_multipliers}")
-        if isinstance(self.repeat_seeds, str) or not isinstance(self.repeat_seeds, Sequence):
-            raise ValueError(f"repeat_seeds must be a list of integers ≥ 0, got {self.repeat_seeds!r}")
-        self.repeat_seeds = list(self.repeat_seeds)
-        for extra in self.repeat_seeds:
-            _integer("each of repeat_seeds", extra, 0)
-        if not isinstance(self.clip_only, bool):
-            raise ValueError(f"clip_only must be True or False, got {self.clip_only!r}")
-        _integer("samples_per_client", self.samples_per_client, 1, optional=True)
-        _integer("test_samples", self.test_samples, 1, optional=True)
-        _integer("public_samples", self.public_samples, 1)
-        _integer("physical_batch_size", self.physical_batch_size, 1, optional=True)
-        _integer("extension_clients", self.extension_clients, 0)
-        self.extension_noise_multipliers = _numbers("extension_noise_multipliers", self.extension_noise_multipliers,
-                                                    0.0, empty=not self.extension_clients)
-        if self.extension_clients and self.extension_samples_per_client == 0:
-            raise ValueError(f"extension_clients = {self.extension_clients} leaves no image per client: "
-                             f"{self.samples_per_client} × {self.num_clients} images in all")
-        _choice("backend", self.backend, BACKENDS.names())
-        _integer("torch_threads", self.torch_threads, 1, optional=True)
-        try:
-            torch.device(self.device if self.device != "auto" else "cpu")
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {self.device!r}") from None
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ValueError(f"data_root must be a folder path or None, got {self.data_root!r}")
+        integer("seed", self.seed, 0)
+        text("dataset", self.dataset, "a dataset name such as 'cifar10'")
+        choice("model_name", self.model_name, MODELS.names())
+        for name in ("num_clients", "rounds", "local_epochs", "batch_size", "public_samples"):
+            integer(name, getattr(self, name), 1)
+        number("lr", self.lr, 0, low_open=True, high_open=True)
+        number("momentum", self.momentum, 0, 1, high_open=True)
+        number("max_grad_norm", self.max_grad_norm, 0, low_open=True, high_open=True)
+        number("delta", self.delta, 0, 1, low_open=True, high_open=True)
+        choice("accountant", self.accountant, ACCOUNTANTS)
+        self.noise_multipliers = numbers("noise_multipliers", self.noise_multipliers, 0, low_open=True,
+                                         high_open=True, nonempty=True)
+        self.strategies = names("strategies", self.strategies, PAPER_ORDER, nonempty=True, unique=True)
+        self.paper_layer_list = numbers("paper_layer_list", self.paper_layer_list, 0, low_open=True, high_open=True)
+        self.paper_list_noise_multipliers = numbers("paper_list_noise_multipliers", self.paper_list_noise_multipliers,
+                                                    0, low_open=True, high_open=True)
+        require(self.paper_layer_list or not self.paper_list_noise_multipliers, "paper_layer_list",
+                self.paper_layer_list, "paper_list_noise_multipliers asks to run the paper's list at "
+                f"{self.paper_list_noise_multipliers}")
+        self.repeat_seeds = integers("repeat_seeds", self.repeat_seeds, 0)
+        require(isinstance(self.clip_only, bool), "clip_only", self.clip_only, "expected True or False")
+        for name in ("samples_per_client", "test_samples", "physical_batch_size", "torch_threads"):
+            integer(name, getattr(self, name), 1, optional=True)
+        integer("extension_clients", self.extension_clients, 0)
+        self.extension_noise_multipliers = numbers("extension_noise_multipliers", self.extension_noise_multipliers,
+                                                   0, low_open=True, high_open=True,
+                                                   nonempty=bool(self.extension_clients))
+        require(not self.extension_clients or self.extension_samples_per_client != 0, "extension_clients",
+                self.extension_clients, f"it leaves no image per client ({self.samples_per_client} × "
+                f"{self.num_clients} images in all)")
+        choice("backend", self.backend, BACKENDS.names())
+        device("device", self.device)
+        text("data_root", self.data_root, "a folder path", optional=True, empty=True)
 
     @property
     def smallest_sigma(self) -> float:

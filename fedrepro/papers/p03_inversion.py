@@ -52,9 +52,9 @@ from fedrepro.data import ImageDataset, load_dataset, subsample
 from fedrepro.defenses.spec import Defense
 from fedrepro.fl import OPTIMIZERS, FedAvgConfig, batch_order, evaluate, model_loss
 from fedrepro.models import MODELS, count_parameters
-from fedrepro.registry import check_choices
 from fedrepro.results import Report
 from fedrepro.runtime import generator, get_device
+from fedrepro.validation import choice, integer, integers, names, number, numbers, require
 
 #: Notebook 03's experiments, for its ``experiments`` parameter.
 EXPERIMENTS = ("training", "architectures", "noise", "pruning", "multistep")
@@ -109,46 +109,39 @@ class InversionParams:
     data_root: str | None = None
 
     def __post_init__(self) -> None:
-        self.experiments = check_choices("experiments", self.experiments, EXPERIMENTS)
+        self.experiments = names("experiments", self.experiments, EXPERIMENTS)
         for name in ("training_models", "no_augmentation_models", "architectures"):
-            setattr(self, name, check_choices(name, getattr(self, name), MODELS.names()))
+            setattr(self, name, names(name, getattr(self, name), MODELS.names()))
         for name in ("defense_model", "multistep_model"):
-            check_choices(name, [getattr(self, name)], MODELS.names())
+            choice(name, getattr(self, name), MODELS.names())
         for name, model in (("defense_state", self.defense_model), ("multistep_state", self.multistep_model)):
             state = getattr(self, name)
-            check_choices(name, [state], STATES)
-            if state == STATES[-1] and model not in self.no_augmentation_models:
-                raise ValueError(f"{name}={state!r} needs {model!r} in no_augmentation_models, "
-                                 f"got {self.no_augmentation_models}")
-        if self.batchnorm not in BATCHNORM_MODES:
-            raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {self.batchnorm!r}")
-        self.noise_variances, self.prune_ratios = list(self.noise_variances), list(self.prune_ratios)
-        self.multistep_steps, self.multistep_lrs = list(self.multistep_steps), list(self.multistep_lrs)
-        _check_all("noise_variances", self.noise_variances, lambda v: v >= 0, ">= 0 (σ², a variance)")
-        _check_all("prune_ratios", self.prune_ratios, lambda r: 0 <= r <= 1, "in [0, 1]")
-        for name, valid, words in (("victims", _positive_int, "a positive integer"),
-                                   ("iterations", _positive_int, "a positive integer"),
-                                   ("tv_weights", lambda v: v >= 0, ">= 0"),
-                                   ("train_epochs", lambda v: v > 0, "> 0")):
+            choice(name, state, STATES)
+            require(state != STATES[-1] or model in self.no_augmentation_models, name, state,
+                    f"it needs {model!r} in no_augmentation_models, which is {self.no_augmentation_models}")
+        choice("batchnorm", self.batchnorm, BATCHNORM_MODES)
+        self.noise_variances = numbers("noise_variances", self.noise_variances, 0)  # σ², a variance
+        self.prune_ratios = numbers("prune_ratios", self.prune_ratios, 0, 1)
+        self.multistep_steps = integers("multistep_steps", self.multistep_steps, 1)  # local steps K
+        self.multistep_lrs = numbers("multistep_lrs", self.multistep_lrs, 0, low_open=True)
+        for name in ("victims", "iterations", "tv_weights", "train_epochs"):
             values = getattr(self, name)
-            if not isinstance(values, Mapping):
-                raise ValueError(f"{name} maps model names (or 'default') to values, got {values!r}")
-            _check_all(name, list(values.values()), valid, words)
+            require(isinstance(values, Mapping), name, values, "expected a mapping from model names (or 'default')")
+            for model, value in values.items():
+                if name in ("victims", "iterations"):
+                    integer(f"{name}[{model!r}]", value, 1)
+                else:
+                    number(f"{name}[{model!r}]", value, 0, low_open=name == "train_epochs")
             missing = [m for m in self.used_models() if m not in values and "default" not in values]
-            if missing:
-                raise ValueError(f"{name} has no entry for {missing} (nor 'default'): {dict(values)}")
+            require(not missing, name, values, f"expected an entry for {missing} or 'default'")
         for name in ("restarts", "batch_size", "explorer_images", "multistep_victims", "multistep_images",
                      "multistep_iterations"):
-            _check_all(name, [getattr(self, name)], _positive_int, "a positive integer")
+            integer(name, getattr(self, name), 1)
         for name in ("train_samples", "test_samples", "multistep_batch_size", "torch_threads"):
-            if getattr(self, name) is not None:
-                _check_all(name, [getattr(self, name)], _positive_int, "a positive integer or None")
-        _check_all("multistep_steps", self.multistep_steps, _positive_int, "positive integers (local steps K)")
-        _check_all("multistep_lrs", self.multistep_lrs, lambda v: v > 0, "> 0")
-        _check_all("lr", [self.lr], lambda v: v > 0, "> 0")
-        _check_all("claim_tolerance", [self.claim_tolerance], lambda v: v >= 0, ">= 0 (dB)")
-        if not 0 < self.partial_fraction < 1:
-            raise ValueError(f"partial_fraction must be in (0, 1), got {self.partial_fraction}")
+            integer(name, getattr(self, name), 1, optional=True)
+        number("lr", self.lr, 0, low_open=True)
+        number("claim_tolerance", self.claim_tolerance, 0)  # dB
+        number("partial_fraction", self.partial_fraction, 0, 1, low_open=True, high_open=True)
 
     def used_models(self) -> list[str]:
         """The networks the chosen experiments attack, each once, in the order they first appear."""
@@ -156,16 +149,6 @@ class InversionParams:
         used = used + (self.architectures if "architectures" in self.experiments else [])
         used = used + ([self.defense_model] if {"noise", "pruning"} & set(self.experiments) else [])
         return list(dict.fromkeys(used + ([self.multistep_model] if "multistep" in self.experiments else [])))
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _check_all(name: str, values: Sequence[Any], valid: Callable[[Any], bool], words: str) -> None:
-    bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool) or not valid(v)]
-    if bad:
-        raise ValueError(f"{name} must be {words}, got {bad} in {values}")
 
 
 # --- models -----------------------------------------------------------------------------------------

@@ -44,24 +44,22 @@ Decisions (the paper leaves them open):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
-
-import torch
+from typing import Mapping, Sequence
 
 from fedrepro.data import KNOWN_DATASETS
 from fedrepro.defenses.spec import Defense
 from fedrepro.models import MODELS
 from fedrepro.papers.p04_leakage import (ATTACK_NAMES, Leakage, Victims, attack_config, client_victims,
                                          gradient_stochasticity, privacy_leakage, victim_update)
-from fedrepro.papers.p04_study import Study, StudyConfig, parameter_key, result_key
+from fedrepro.papers.p04_study import ATTACK_STATES, Study, StudyConfig, parameter_key, result_key
 from fedrepro.papers.p04_tables import (FIGURE_7_LABELS, FIGURE_9, PARAMETER_SETTINGS, STOCHASTICITY_SETTINGS,
                                         TABLE_I, TABLE_II, TABLE_IV, TABLE_V, TABLE_VI, TABLES, central_claims,
                                         claim_check, figure_7, figure_9, figure_9_tables, figure_10, paper_table,
                                         parameter_listing, row_leakages, scatter_rows, stochasticity_panels,
                                         table_i, table_ii, table_iii, table_iv, table_v, table_vi)
 from fedrepro.papers.p04_training import DefendedRun, build_defended_model, parameter_row, train_model
-from fedrepro.registry import check_choices
 from fedrepro.results import TIERS
+from fedrepro.validation import choice, device, integer, integers, names, number, parsed, text
 
 __all__ = [
     "ATTACK_NAMES", "FIGURE_7_LABELS", "FIGURE_9", "PARAMETER_SETTINGS", "STOCHASTICITY_SETTINGS", "TABLES",
@@ -73,29 +71,7 @@ __all__ = [
     "table_ii", "table_iii", "table_iv", "table_v", "table_vi", "train_model", "victim_update",
 ]
 
-ATTACK_STATES = ("initial", "trained")
-
-
-def _integer(name: str, value: Any, low: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}{' or None' if optional else ''}, got {value!r}")
-
-
-def _names(name: str, value: Any) -> list[str]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{name} must be a list of names, got {value!r}")
-    return list(value)
-
-
-def _defense(name: str, spec: Any) -> None:
-    if not isinstance(spec, str):
-        raise ValueError(f"{name}: a defense is a spec string such as 'cvb:k3', got {spec!r}")
-    try:
-        Defense.parse(spec)
-    except ValueError as error:
-        raise ValueError(f"{name}: {error}") from None
+DEFENSE_EXAMPLE = "a defense spec such as 'cvb:k3'"
 
 
 @dataclass
@@ -137,45 +113,32 @@ class NotebookParameters:
     results_dir: str = "../reports/paper/04_cvb"
 
     def __post_init__(self) -> None:
-        if self.tier not in TIERS:
-            raise ValueError(f"tier={self.tier!r}; choose one of {', '.join(TIERS)}")
-        _integer("seed", self.seed, 0)
-        check_choices("tables", _names("tables", self.tables), TABLES)
+        choice("tier", self.tier, TIERS)
+        integer("seed", self.seed, 0)
+        names("tables", self.tables, TABLES)
         for name in ("datasets", "table4_datasets"):
-            check_choices(name, _names(name, getattr(self, name)), tuple(KNOWN_DATASETS))
-        if self.attack_state not in ATTACK_STATES:
-            raise ValueError(f"attack_state={self.attack_state!r}; choose one of {', '.join(ATTACK_STATES)}")
+            names(name, getattr(self, name), KNOWN_DATASETS)
+        choice("attack_state", self.attack_state, ATTACK_STATES)
         for name in ("num_clients", "rounds", "victims", "max_iterations", "grid_images"):
-            _integer(name, getattr(self, name), 1)
+            integer(name, getattr(self, name), 1)
         for name in ("patience", "samples_per_client", "test_samples", "lbfgs_iterations", "chunk_size",
                      "torch_threads"):
-            _integer(name, getattr(self, name), 1, optional=True)
-        if isinstance(self.accuracy_seeds, (str, bytes)) or not isinstance(self.accuracy_seeds, Sequence):
-            raise ValueError(f"accuracy_seeds must be a list of seeds, got {self.accuracy_seeds!r}")
-        for seed in self.accuracy_seeds:
-            _integer("each of accuracy_seeds", seed, 0)
-        if isinstance(self.tv_weight, bool) or not isinstance(self.tv_weight, (int, float)) or self.tv_weight < 0:
-            raise ValueError(f"tv_weight must be a number >= 0, got {self.tv_weight!r}")
-        check_choices("table3_attacks", _names("table3_attacks", self.table3_attacks), ATTACK_NAMES)
+            integer(name, getattr(self, name), 1, optional=True)
+        integers("accuracy_seeds", self.accuracy_seeds, 0)
+        number("tv_weight", self.tv_weight, 0)
+        names("table3_attacks", self.table3_attacks, ATTACK_NAMES)
         for name in ("table4_defenses", "table2_extra"):
-            for spec in _names(name, getattr(self, name)):
-                _defense(name, spec)
-        check_choices("models of table5_models", _names("table5_models", list(self.table5_models)), MODELS.names())
-        check_choices("datasets of table6_datasets", _names("table6_datasets", list(self.table6_datasets)),
-                      tuple(KNOWN_DATASETS))
+            for index, spec in enumerate(names(name, getattr(self, name))):
+                parsed(f"{name}[{index}]", spec, Defense.parse, DEFENSE_EXAMPLE)
+        names("table5_models", list(self.table5_models), MODELS.names())
+        names("table6_datasets", list(self.table6_datasets), KNOWN_DATASETS)
         for name in ("table5_models", "table6_datasets"):
-            for spec in getattr(self, name).values():
-                _defense(name, spec)
-        check_choices("figure9_panels", _names("figure9_panels", self.figure9_panels), tuple(FIGURE_9))
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError):
-                raise ValueError(f"device={self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'") from None
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ValueError(f"data_root must be a folder path or None, got {self.data_root!r}")
-        if not isinstance(self.results_dir, str) or not self.results_dir:
-            raise ValueError(f"results_dir must be a folder path, got {self.results_dir!r}")
+            for key, spec in getattr(self, name).items():
+                parsed(f"{name}[{key!r}]", spec, Defense.parse, DEFENSE_EXAMPLE)
+        names("figure9_panels", self.figure9_panels, FIGURE_9)
+        device("device", self.device)
+        text("data_root", self.data_root, "a folder path", optional=True, empty=True)
+        text("results_dir", self.results_dir, "a folder path")
 
     def study_config(self) -> StudyConfig:
         """The :class:`Study`'s configuration; what the notebook does not set keeps the paper's protocol."""

@@ -23,6 +23,7 @@ from fedrepro.fl import FedAvgConfig
 from fedrepro.papers.p04_leakage import Leakage, Victims, client_victims, privacy_leakage
 from fedrepro.papers.p04_training import DefendedRun, build_defended_model, parameter_row, train_model
 from fedrepro.runtime import get_device
+from fedrepro.validation import choice
 
 
 def result_key(dataset: str, model_name: str, defense: str | Defense, what: str, attack: str | None = None,
@@ -43,6 +44,9 @@ def parameter_key(model_name: str, defense: str | Defense, what: str = "paramete
     """``cnn/parameters`` for the base model, ``cnn/<defense>/parameters`` or ``.../added_percent``."""
     label = Defense.parse(defense).label
     return f"{model_name}/{what}" if label == "none" else f"{model_name}/{label}/{what}"
+
+
+ATTACK_STATES = ("initial", "trained")  # the round-0 global model, or the trained one
 
 
 @dataclass
@@ -74,8 +78,7 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if self.progress is None:
             self.progress = not os.environ.get("TQDM_DISABLE")
-        if self.attack_state not in ("initial", "trained"):
-            raise ValueError(f"attack_state must be 'initial' or 'trained', got {self.attack_state!r}")
+        choice("attack_state", self.attack_state, ATTACK_STATES)
 
 
 class Study:

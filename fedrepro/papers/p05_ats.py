@@ -47,9 +47,9 @@ from fedrepro.defenses.spec import Defense
 from fedrepro.defenses.transforms import (LIBRARY, Policy, apply_policy, policy_trainer, random_policies,
                                           search_space_size)
 from fedrepro.fl import FedAvgConfig, evaluate, run_fedavg
-from fedrepro.registry import check_choices
 from fedrepro.results import TIERS
 from fedrepro.runtime import generator
+from fedrepro.validation import choice, integer, names, number, require
 
 #: Offline stand-ins: the dataset a smaller tier uses in place of the paper's, for result keys.
 STAND_INS = {"cifar10": "cifar100", "mnist": "fashion-mnist"}
@@ -207,47 +207,32 @@ class ATSParameters:
     results_dir: str = "../reports/smoke/05_transformation_search"
 
     def __post_init__(self) -> None:
-        if self.tier not in TIERS:
-            raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {self.tier!r}")
-        self.archs = check_choices("archs", self.archs, ARCHS)
-        self.tables = check_choices("tables", self.tables, SECTIONS)
-        self.table2_attacks = check_choices("table2_attacks", self.table2_attacks, TABLE2_ATTACKS)
+        choice("tier", self.tier, TIERS)
+        self.archs = names("archs", self.archs, ARCHS, nonempty=True)
+        self.tables = names("tables", self.tables, SECTIONS)
+        self.table2_attacks = names("table2_attacks", self.table2_attacks, TABLE2_ATTACKS)
         for name in ("dataset", "transfer_dataset"):
-            if getattr(self, name) not in KNOWN_DATASETS:
-                raise ValueError(f"{name} {getattr(self, name)!r} unknown; choose from {', '.join(KNOWN_DATASETS)}")
-        if not self.archs:
-            raise ValueError("archs is empty; choose at least one of " + ", ".join(ARCHS))
+            choice(name, getattr(self, name), KNOWN_DATASETS)
         at_least = {"num_clients": 1, "rounds": 1, "local_epochs": 1, "batch_size": 1, "semi_epochs": 1,
                     "spri_per_class": 1, "spri_points": 2, "sacc_runs": 1, "c_max": 1, "victims": 1,
                     "random_policies": 1, "figure2_policies": 2}
         for name, low in at_least.items():
-            if int(getattr(self, name)) < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)}")
+            integer(name, getattr(self, name), low)
         for name in ("convnet_width", "samples_per_client", "test_samples", "fl_workers", "threads",
                      "attack_iterations"):
-            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be None or an integer >= 1, got {getattr(self, name)}")
-        if not 1 <= self.figure5_operations <= len(LIBRARY):
-            raise ValueError(f"figure5_operations must be in 1..{len(LIBRARY)}, got {self.figure5_operations}")
-        if not 0 < self.semi_fraction <= 1:
-            raise ValueError(f"semi_fraction must be in (0, 1], got {self.semi_fraction}")
+            integer(name, getattr(self, name), 1, optional=True)
+        integer("figure5_operations", self.figure5_operations, 1, len(LIBRARY))
+        number("semi_fraction", self.semi_fraction, 0, 1, low_open=True)
         for name in ("lr", "semi_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.t_acc_per_image > 0:
-            raise ValueError(f"t_acc_per_image must be <= 0 (S_acc is at most -1 per image), "
-                             f"got {self.t_acc_per_image}")
+            number(name, getattr(self, name), 0, low_open=True)
+        number("momentum", self.momentum, 0, 1, high_open=True)
+        number("weight_decay", self.weight_decay, 0)
+        number("t_acc_per_image", self.t_acc_per_image, high=0)  # S_acc is at most -1 per image
         self.table3_defenses = [list(d) for d in self.table3_defenses]
-        for entry in self.table3_defenses:
-            if len(entry) != 2:
-                raise ValueError(f"table3_defenses holds [kind, value] pairs, got {entry!r}")
+        for index, entry in enumerate(self.table3_defenses):
+            require(len(entry) == 2, f"table3_defenses[{index}]", entry, "expected a [kind, value] pair")
             table3_defense(*entry)
         self.published_policies = [str(Policy(p)) for p in self.published_policies]
-        self.archs, self.tables, self.table2_attacks = list(self.archs), list(self.tables), list(self.table2_attacks)
 
     @property
     def defenses(self) -> list[Defense]:

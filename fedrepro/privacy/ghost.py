@@ -74,7 +74,13 @@ class GhostClipper:
             raise ValueError("the clipping groups must hold every trainable tensor exactly once")
         self.thresholds = [float(t) for t in thresholds]
         self._seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._owner_ids = {id(module) for _, module in self.owners}
         self._handles = [module.register_forward_hook(self._record) for _, module in self.owners]
+
+    def __deepcopy__(self, memo: dict) -> "GhostClipper":
+        # a deep copy of the model (e.g. the hook-free copy adversarial training attacks) copies its hooks;
+        # they must not drag a second model along: they keep this clipper, which ignores the copy's modules
+        return self
 
     def close(self) -> None:
         for handle in self._handles:
@@ -82,7 +88,7 @@ class GhostClipper:
         self._handles = []
 
     def _record(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and id(module) in self._owner_ids:
             if id(module) in self._seen:
                 raise UnsupportedLayerError(f"{type(module).__name__} ran twice in one forward pass (shared "
                                             "weights): the ghost engine has no rule for that")
