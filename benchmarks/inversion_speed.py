@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import torch
-from common import add_device_argument, clock, describe, resolve_device
+from common import add_device_argument, clock, describe, matmul_rate, resolve_device
 
 from fedrepro.attacks import LocalTraining, ServerView, client_update
 from fedrepro.fl import model_loss
@@ -144,6 +144,14 @@ def main() -> None:
     with torch.profiler.profile() as profiler:
         invert(view, config.replace(max_iterations=profile_iterations), seed=args.seed, chunk_size=args.victims,
                progress=False)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:  # one iteration's arithmetic, as torch counts it
+        invert(view, config.replace(max_iterations=1), seed=args.seed, chunk_size=args.victims, progress=False)
+    achieved = counter.get_total_flops() * args.iterations / batched_time / 1e12
+    ceiling = matmul_rate(device)
+    print(f"batched engine: about {achieved:.3f} TFLOP/s, {100 * achieved / ceiling:.1f}% of this device's measured "
+          f"fp32 4096² matrix-product rate ({ceiling:.2f} TFLOP/s)")
     where = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"\nwhere the batched engine spends its time ({profile_iterations} iterations, top operators by {where}):")
     print(profiler.key_averages().table(sort_by=where, row_limit=12))

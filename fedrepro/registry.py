@@ -1,9 +1,7 @@
 """Name -> factory registries, so notebooks pick models, attacks and defenses from their parameters."""
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterable, Iterator, Sequence, TypeVar
-
-from fedrepro.validation import names
+from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -43,9 +41,3 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
-
-
-def check_choices(parameter: str, chosen: Sequence[str], allowed: Iterable[str]) -> list[str]:
-    """``chosen`` as a list, each one of ``allowed``: :func:`fedrepro.validation.names` under the name the
-    runner's tests know (a notebook's section list with a typo would otherwise skip that section silently)."""
-    return names(parameter, chosen, allowed)

@@ -45,42 +45,49 @@ def _requirement_name(requirement: str) -> tuple[str, str]:
 
 def runtime_closure(root: str = "fedrepro", python_version: str | None = None,
                     exclude: set[str] = frozenset()) -> tuple[dict[str, str], list[str]]:
-    """What ``root`` needs at run time (no extras): installed distributions as name -> installed version,
-    and the requirements that only the target's Python has (not installed here, so not pinned).
+    """What ``root`` needs at run time: installed distributions as name -> installed version, and the
+    requirements that only the target's Python has (not installed here, so not pinned).
 
-    Environment markers are evaluated for ``python_version`` (the target's, e.g. ``"3.12"``); markers
-    naming extras are dropped, since ``pip install fedrepro`` installs none. The torch family is listed
-    but not descended into: the target's torch brings its own dependencies.
+    Environment markers are evaluated for ``python_version`` (the target's, e.g. ``"3.12"``). ``root``
+    is installed without extras, but a dependency may ask for another's extras
+    (``jsonschema[format-nongpl]``): those extras' requirements are followed too. The torch family is
+    listed but not descended into: the target's torch brings its own dependencies.
     """
-    from packaging.markers import Marker
+    from packaging.requirements import Requirement
 
-    environment = {"python_version": python_version or f"{sys.version_info[0]}.{sys.version_info[1]}",
-                   "extra": ""}
+    version = python_version or f"{sys.version_info[0]}.{sys.version_info[1]}"
     try:
         metadata.distribution(root)
     except metadata.PackageNotFoundError:
         raise RuntimeError(f"{root} is not installed here; run make install first, so the versions of its "
                            "dependencies can be read") from None
     found: dict[str, str] = {}
+    expanded: dict[str, set[str]] = {}  # name -> extras whose requirements were followed ("" = none)
     unpinned: list[str] = []
-    pending = [(canonical(root), root)]
+    pending: list[tuple[str, frozenset[str], str]] = [(canonical(root), frozenset(), root)]
     while pending:
-        name, requirement = pending.pop()
-        if name in found or name in exclude:
+        name, extras, text = pending.pop()
+        if name in exclude:
+            continue
+        wanted = ({""} | set(extras)) - expanded.get(name, set())
+        if not wanted:
             continue
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:  # needed on the target's Python only
-            unpinned.append(requirement.partition(";")[0].strip())
+            unpinned.append(text.partition(";")[0].strip())
             continue
         found[name] = dist.version
+        expanded.setdefault(name, set()).update(wanted)
         if TORCH_FAMILY.match(name):  # the target's torch brings its own dependencies
             continue
-        for child_requirement in dist.requires or []:
-            child, marker = _requirement_name(child_requirement)
-            if marker and not Marker(marker).evaluate(environment):
-                continue
-            pending.append((child, child_requirement))
+        for child_text in dist.requires or []:
+            child = Requirement(child_text)
+            applies = child.marker is None or any(
+                child.marker.evaluate({"python_version": version, "python_full_version": f"{version}.0",
+                                       "extra": extra}) for extra in wanted)
+            if applies:
+                pending.append((canonical(child.name), frozenset(child.extras), child_text))
     del found[canonical(root)]
     return found, sorted(set(unpinned))
 

@@ -218,7 +218,7 @@ def test_cvb_lowers_ssim_under_ig_on_an_untrained_cnn(cifar10):
 
 def test_study_records_numbers_under_the_papers_keys(cifar10, tmp_path):
     report = Report("04_cvb", paper="04", tier="smoke", parameters={})
-    study = cvb.Study(cvb.StudyConfig(rounds=1, samples_per_client=20, test_samples=50, victims=1, max_iterations=3,
+    study = cvb.CVBStudy(cvb.StudyConfig(rounds=1, samples_per_client=20, test_samples=50, victims=1, max_iterations=3,
                                       workers=1, progress=False), report=report)
     rows = cvb.table_ii(study, defenses=("none",), extra=("cvb",))
     assert [r["defense"] for r in rows] == ["none", "cvb"]
@@ -269,7 +269,7 @@ def test_table_vi_offline_fails_before_training_with_how_to_provide_the_data(mon
         raise ConnectionError("no internet")
 
     monkeypatch.setattr("fedrepro.data._download", offline)  # the cached CIFAR-10 loads, MedMNIST would download
-    study = cvb.Study(cvb.StudyConfig(rounds=1, progress=False))
+    study = cvb.CVBStudy(cvb.StudyConfig(rounds=1, progress=False))
     with pytest.raises(DatasetNotFoundError, match="(?s)'bloodmnist'.*no internet.*FEDREPRO_DATA"):
         cvb.table_vi(study, {"cifar10": "cvb", "bloodmnist": "cvb"})
     assert study._trained == {} and study._leakage == {}  # the available dataset before it was not trained
@@ -293,17 +293,17 @@ def test_every_tier_and_sweep_is_valid_and_recorded_whole():
     sets = _parameter_sets()
     assert len(sets) > 3
     for values in sets:
-        params = cvb.NotebookParameters(**values)
+        params = cvb.CVBParameters(**values)
         assert dataclasses.asdict(params) == values
-    assert {f.name for f in dataclasses.fields(cvb.NotebookParameters)} == set(sets[0])
+    assert {f.name for f in dataclasses.fields(cvb.CVBParameters)} == set(sets[0])
 
 
 def test_parameters_map_onto_the_study_config():
-    params = cvb.NotebookParameters(**notebook_parameters(NOTEBOOK))
+    params = cvb.CVBParameters(**notebook_parameters(NOTEBOOK))
     config = params.study_config()
     assert (config.rounds, config.victims, config.max_iterations, config.lbfgs_iterations) == (1, 2, 100, 100)
     assert config.accuracy_seeds == () and config.samples_per_client == 100 and config.test_samples == 500
-    paper = cvb.NotebookParameters().study_config()  # the dataclass's defaults are the paper's protocol
+    paper = cvb.CVBParameters().study_config()  # the dataclass's defaults are the paper's protocol
     assert (paper.rounds, paper.patience, paper.victims, paper.max_iterations) == (300, 40, 128, 20_000)
 
 
@@ -330,7 +330,7 @@ def test_parameters_map_onto_the_study_config():
 ])
 def test_invalid_parameters_are_named_with_their_valid_values(change, message):
     with pytest.raises(ValueError, match=message):
-        cvb.NotebookParameters(**change)
+        cvb.CVBParameters(**change)
 
 
 class FakeStudy:
@@ -373,7 +373,7 @@ def test_row_leakages_use_each_rows_attack_and_subset():
 
 
 def test_parameter_listing_counts_every_setting_exactly():
-    study = cvb.Study(cvb.StudyConfig(progress=False))
+    study = cvb.CVBStudy(cvb.StudyConfig(progress=False))
     listing = cvb.parameter_listing(study, {"cnn": ("none", "precode:P1", "cvb")}).splitlines()
     assert listing[0].split() == ["cnn", "none", "65,962", "parameters", "(+0,", "+0.000", "%)"]
     assert listing[1].split()[1:5] == ["precode:P1", "141,226", "parameters", "(+75,264,"]

@@ -16,7 +16,7 @@ from fedrepro.augment import CropFlip
 from fedrepro.data import ImageDataset
 from fedrepro.defenses import DEFENSES
 from fedrepro.defenses.spec import Defense
-from fedrepro.papers.p03_inversion import (InversionParams, InversionRow, InversionStudy, attack_options, attack_row,
+from fedrepro.papers.p03_inversion import (InversionParameters, InversionRow, InversionStudy, attack_options, attack_row,
                                             baseline_key, build_paper_model, check_decreasing, check_order,
                                             check_recovered, check_spread, claim_checks, claim_scores, claims_table,
                                             defense_explorer, defense_key, defense_label, multistep_key,
@@ -113,7 +113,7 @@ def test_defenses_use_the_slides_parametrisation():
 
 @pytest.mark.parametrize("variance", [0.01, 0.1, 1.0, 10.0, 3])
 def test_noise_defense_draws_what_the_variance_parametrisation_drew(variance):
-    """Bit-identical to the removed ``make_defense("gaussian", σ²)``: std = sqrt(σ²), same draws."""
+    """The slides' σ² is a variance: the noise drawn is that of std = √σ², draw for draw."""
     grads = {"w": torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1)), "b": torch.ones(2, 4)}
     new = noise_defense(variance).gradient_defense()(grads, generator=torch.Generator().manual_seed(7))
     old = DEFENSES.get("gaussian")(std=math.sqrt(variance))(grads, generator=torch.Generator().manual_seed(7))
@@ -251,12 +251,12 @@ def test_claim_checks_read_each_claim_from_the_right_rows():
 def test_params_defaults_are_the_smoke_tier_and_every_tier_validates():
     cell = notebook_parameters(NOTEBOOK)
     smoke = {k: v for k, v in cell.items() if k not in ("tier", "results_dir")}
-    assert dataclasses.asdict(InversionParams()) == smoke
+    assert dataclasses.asdict(InversionParameters()) == smoke
     for tier in ("quick", "paper"):
         values = {**smoke, **{k: v for k, v in tier_parameters(NOTEBOOK, tier).items() if k != "tier"}}
-        assert dataclasses.asdict(InversionParams(**values)) == values
-    assert InversionParams(experiments=["noise"], defense_model="resnet18").used_models() == ["resnet18"]
-    assert InversionParams().used_models() == ["cnn"]
+        assert dataclasses.asdict(InversionParameters(**values)) == values
+    assert InversionParameters(experiments=["noise"], defense_model="resnet18").used_models() == ["resnet18"]
+    assert InversionParameters().used_models() == ["cnn"]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -279,11 +279,11 @@ def test_params_defaults_are_the_smoke_tier_and_every_tier_validates():
 ])
 def test_params_refuse_bad_values_by_name(change, message):
     with pytest.raises(ValueError, match=message):
-        InversionParams(**change)
+        InversionParameters(**change)
 
 
 def small_study(experiments: list[str], log: list[str]) -> InversionStudy:
-    params = InversionParams(experiments=experiments, victims={"default": 2}, iterations={"default": 2},
+    params = InversionParameters(experiments=experiments, victims={"default": 2}, iterations={"default": 2},
                              noise_variances=[0.01, 1.0], prune_ratios=[0.5], train_epochs={"default": 1.0},
                              batch_size=16, multistep_steps=[1, 2], multistep_iterations=2, device="cpu")
     report = Report("03_inversion", paper="03", tier="smoke", parameters=dataclasses.asdict(params))

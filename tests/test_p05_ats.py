@@ -204,7 +204,7 @@ def test_study_runs_every_section_and_records_the_papers_keys(tmp_path):
         figure2_policies=2, table2_attacks=["ats_adam_cosine"], table3_defenses=[["prune", 0.7]],
         published_policies=["3-1-7"], results_dir=str(tmp_path))
     report = Report("05_transformation_search", paper="05", tier="smoke", parameters=dataclasses.asdict(params))
-    study = ats.Study(params, report, data=_federated(3, 0), transfer=_federated(1, 1))
+    study = ats.ATSStudy(params, report, data=_federated(3, 0), transfer=_federated(1, 1))
     assert "T_acc = -5.4" in study.describe()  # -1.35 per image, 4 classes
     assert "policies searched" in study.search_all()
     assert len(study.best["convnet"]) == 2 and study.hybrids["convnet"].split("+")[0] == study.best["convnet"][0]

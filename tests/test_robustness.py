@@ -326,9 +326,9 @@ def test_parameters_default_to_the_smoke_tier_and_record_every_value_as_json():
     import dataclasses
     import json
 
-    from fedrepro.papers.p01_robustness import Parameters
+    from fedrepro.papers.p01_robustness import RobustnessParameters
 
-    params = Parameters(epsilons=[1.7], grid_rounds=3, size_models=["resnet9", "resnet18"])
+    params = RobustnessParameters(epsilons=[1.7], grid_rounds=3, size_models=["resnet9", "resnet18"])
     assert params.epsilons == (1.7,) and params.size_models == ("resnet9", "resnet18")  # lists stored as tuples
     assert params.grid_model_name == "cnn" and params.grid_rounds_used == 3 and params.rounds == 1
     assert params.grid_regimes == [1.7, 3.4, 7.0]  # transfer 7.0/1.7, adversarial 1.7, attacker 3.4
@@ -359,10 +359,10 @@ def test_parameters_default_to_the_smoke_tier_and_record_every_value_as_json():
     ("size_models", ["resnet7"], "size_models[0] = 'resnet7' is invalid: choose one of "),
 ])
 def test_parameters_name_the_bad_value_and_the_valid_range(name, value, message):
-    from fedrepro.papers.p01_robustness import Parameters
+    from fedrepro.papers.p01_robustness import RobustnessParameters
 
     with pytest.raises(ValueError) as error:
-        Parameters(**{name: value})
+        RobustnessParameters(**{name: value})
     assert str(error.value).startswith(message)
 
 

@@ -8,7 +8,7 @@ import yaml
 
 from fedrepro.cli import main
 from fedrepro.papers import p03_inversion as inversion, p04_cvb as cvb, p05_ats as ats
-from fedrepro.registry import check_choices
+from fedrepro.validation import names as check_choices
 from fedrepro.runner import (ParameterError, find_notebook, list_notebooks, notebook_parameters,
                              tier_parameters, validate_parameters)
 from fedrepro.sweep import SweepSpec

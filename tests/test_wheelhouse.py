@@ -47,3 +47,10 @@ def test_exclude_prunes_what_only_the_excluded_need():
     assert "jupyterlab" in full and "jupyterlab" not in pruned
     assert "jupyter-server" in full and "jupyter-server" not in pruned  # needed by jupyterlab alone
     assert "ipykernel" in pruned and "opacus" in pruned  # still needed by the rest
+
+
+def test_extras_a_dependency_asks_for_are_followed():
+    # jupyter-events needs jsonschema[format-nongpl]; that extra brings webcolors and friends
+    pinned, _ = wheelhouse.plan(python_version="3.12")
+    for name in ("fqdn", "isoduration", "jsonpointer", "uri-template", "webcolors"):
+        assert name in pinned, name

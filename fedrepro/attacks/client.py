@@ -46,7 +46,7 @@ def functional_model(model: nn.Module) -> nn.Module:
     return clone
 
 
-class Defense(Protocol):
+class GradientDefense(Protocol):
     """A gradient defense (see :mod:`fedrepro.defenses`): per-sample ones see each sample's gradient."""
 
     per_sample: bool
@@ -68,7 +68,7 @@ def per_sample_gradients(model: nn.Module, images: torch.Tensor, labels: torch.T
 
 
 def client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, images_per_victim: int = 1,
-                  defense: Defense | None = None, generator: torch.Generator | None = None,
+                  defense: GradientDefense | None = None, generator: torch.Generator | None = None,
                   local: LocalTraining | None = None) -> dict[str, torch.Tensor]:
     """What ``N / images_per_victim`` victims send, each after training on its own images.
 
@@ -123,7 +123,7 @@ class DefendedStep:
     the global RNG, which FedAvg reseeds per (round, client).
     """
 
-    defense: Defense
+    defense: GradientDefense
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         named = [(k, p) for k, p in model.named_parameters() if p.grad is not None]

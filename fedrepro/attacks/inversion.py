@@ -29,7 +29,6 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
-from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 

@@ -57,7 +57,6 @@ ALIASES = {"prune": ("gc", {"ratio": "p"})}
 _ALWAYS_SHOWN = {"precode": ("P",), "dp": ("sigma",), "gc": ("p",)}
 _ONE_OF = {"gaussian": ("std", "var"), "laplacian": ("scale",)}
 VARIATIONAL = ("precode", "cvb")
-GRADIENT = ("dp", "gc", "gaussian", "laplacian", "int8")
 KL_SPECS = {"mean": "mean_positions", "sum": "sum", "code": "mean_positions"}
 """The spec's ``kl`` values and the bottleneck's ``kl_reduction`` each uses (``code`` also picks the
 public code's KL formula, the ``code`` entry of :data:`fedrepro.defenses.variational.CVB_VARIANTS`)."""
@@ -146,7 +145,7 @@ class Defense:
             if len(given) != 1:
                 raise ValueError(f"{kind} takes exactly one of {', '.join(_ONE_OF[kind])} "
                                  f"(e.g. {kind}:{_ONE_OF[kind][0]}0.01), got {given or 'none'}")
-        for name in ("std", "var", "scale", "C", "beta", "s"):
+        for name in ("std", "var", "scale", "C", "sigma", "beta", "s"):
             if merged.get(name) is not None and merged[name] < 0:
                 raise ValueError(f"{kind}: {name} must be non-negative, got {merged[name]}")
         if kind == "gc" and not 0 <= merged["p"] <= 1:

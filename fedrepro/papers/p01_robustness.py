@@ -2,7 +2,7 @@
 
 Everything notebook 01 runs, so that a test can reach it:
 
-* :class:`Parameters` — the notebook's parameters cell as one validated record (written whole to
+* :class:`RobustnessParameters` — the notebook's parameters cell as one validated record (written whole to
   ``results.json``); :func:`prepare` turns it into a :class:`Setup` (data, attack images, the public
   calibration images, the attack budget and the two :class:`ModelPool`\ s);
 * :func:`train_federated` — FedAvg of one regime (normal or DP-SGD at a target ε), optionally with a
@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ POISON_MODES = ("static", "online")
 
 
 @dataclass(frozen=True)
-class Parameters:
+class RobustnessParameters:
     """Notebook 01's parameters cell (every name but ``results_dir``), checked before anything trains.
 
     Defaults are the smoke tier's. ``grid_model``/``grid_rounds`` None mean "as ``model_name``/``rounds``"
@@ -317,7 +317,7 @@ class Setup:
     the attack budget (PGD; sections swap the method) and the headline and grid :class:`ModelPool`\\ s
     (one object when the grid uses the headline model, rounds and data)."""
 
-    params: Parameters
+    params: RobustnessParameters
     data: FederatedData
     x_attack: torch.Tensor
     y_attack: torch.Tensor
@@ -332,7 +332,7 @@ class Setup:
         return f"{self.data.describe()}\n{len(self.y_attack)} attack images, {len(self.calibration)} calibration images"
 
 
-def prepare(params: Parameters) -> Setup:
+def prepare(params: RobustnessParameters) -> Setup:
     """Load the federation and draw the attack and calibration images (each from its own seeded stream)."""
     data = load_federated(params.dataset, params.num_clients, params.seed, val_fraction=params.val_fraction,
                           samples_per_client=params.samples_per_client, test_samples=params.test_samples,

@@ -6,7 +6,7 @@ gradient as a client would, the server runs Inverting Gradients on it, and the r
 originals, the reconstructions and their per-image MSE / PSNR / SSIM (:mod:`fedrepro.metrics`
 conventions: de-normalised images in [0, 1], data range 1, per image then averaged).
 
-Everything notebook 03 runs is here, so that a test reaches it: :class:`InversionParams` (its
+Everything notebook 03 runs is here, so that a test reaches it: :class:`InversionParameters` (its
 parameters, checked), :class:`InversionStudy` (each section's rows, every network trained once,
 every number recorded under the keys of :func:`state_key` & co.), :func:`claim_checks` (the slides'
 claims against the rows). Defenses are :class:`fedrepro.defenses.spec.Defense` specs:
@@ -66,7 +66,7 @@ STATES = ("untrained", "partially trained", "trained", "trained, no augmentation
 # --- parameters -------------------------------------------------------------------------------------
 
 @dataclass
-class InversionParams:
+class InversionParameters:
     """Everything notebook 03 varies, checked once (its parameters cell, written whole to results.json).
 
     Per-model values (``victims``, ``iterations``, ``tv_weights``, ``train_epochs``) map a model name,
@@ -434,7 +434,7 @@ class InversionStudy:
     and kept in :attr:`rows` by experiment, which the claim checks read.
     """
 
-    def __init__(self, params: InversionParams, report: Report, train: ImageDataset, test: ImageDataset,
+    def __init__(self, params: InversionParameters, report: Report, train: ImageDataset, test: ImageDataset,
                  source: ImageDataset, log: Callable[[str], None] = print) -> None:
         self.params, self.report, self.log = params, report, log
         self.train, self.test, self.source = train, test, source
@@ -446,7 +446,7 @@ class InversionStudy:
         self._baselines: dict[str, InversionRow] = {}
 
     @classmethod
-    def load(cls, params: InversionParams, report: Report, log: Callable[[str], None] = print) -> "InversionStudy":
+    def load(cls, params: InversionParameters, report: Report, log: Callable[[str], None] = print) -> "InversionStudy":
         """Training and accuracy subsets of ``params.dataset`` (seeded), victims from its test set."""
         train_full = load_dataset(params.dataset, "train", root=params.data_root)
         test_full = load_dataset(params.dataset, "test", root=params.data_root)

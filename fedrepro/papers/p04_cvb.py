@@ -1,7 +1,7 @@
 """Paper 04 (Scheliga et al., *Privacy Preserving FL with Convolutional Variational Bottlenecks*).
 
 Notebook 04 needs only this module (and :mod:`p04_plots` for figures). It holds the notebook's parameters
-as one validated dataclass, :class:`NotebookParameters`, and re-exports the protocol, one job per module:
+as one validated dataclass, :class:`CVBParameters`, and re-exports the protocol, one job per module:
 
 * :mod:`p04_training` — defended models (:func:`build_defended_model`, :func:`parameter_row`) and their
   FedAvg (:func:`train_model` → :class:`DefendedRun`); gradient defenses (DP, gradient compression)
@@ -9,7 +9,7 @@ as one validated dataclass, :class:`NotebookParameters`, and re-exports the prot
 * :mod:`p04_leakage` — victims (:func:`client_victims`), attack configurations (:func:`attack_config`),
   :func:`privacy_leakage` (each victim's shared gradient of one training step, IG or the Ignore attack,
   SSIM / ASR per victim) and Sec. III-A's :func:`gradient_stochasticity`;
-* :mod:`p04_study` — :class:`Study` trains and attacks each (dataset, model, defense) once, whichever
+* :mod:`p04_study` — :class:`CVBStudy` trains and attacks each (dataset, model, defense) once, whichever
   table asks, and records every number in a :class:`fedrepro.results.Report` under :func:`result_key`;
 * :mod:`p04_tables` — the settings of Tables I–VI and Figures 7, 9, 10, their rows, markdown beside
   the paper's numbers (:func:`paper_table`) and the claim checks.
@@ -51,7 +51,7 @@ from fedrepro.defenses.spec import Defense
 from fedrepro.models import MODELS
 from fedrepro.papers.p04_leakage import (ATTACK_NAMES, Leakage, Victims, attack_config, client_victims,
                                          gradient_stochasticity, privacy_leakage, victim_update)
-from fedrepro.papers.p04_study import ATTACK_STATES, Study, StudyConfig, parameter_key, result_key
+from fedrepro.papers.p04_study import ATTACK_STATES, CVBStudy, StudyConfig, parameter_key, result_key
 from fedrepro.papers.p04_tables import (FIGURE_7_LABELS, FIGURE_9, PARAMETER_SETTINGS, STOCHASTICITY_SETTINGS,
                                         TABLE_I, TABLE_II, TABLE_IV, TABLE_V, TABLE_VI, TABLES, central_claims,
                                         claim_check, figure_7, figure_9, figure_9_tables, figure_10, paper_table,
@@ -64,7 +64,7 @@ from fedrepro.validation import choice, device, integer, integers, names, number
 __all__ = [
     "ATTACK_NAMES", "FIGURE_7_LABELS", "FIGURE_9", "PARAMETER_SETTINGS", "STOCHASTICITY_SETTINGS", "TABLES",
     "TABLE_I", "TABLE_II", "TABLE_IV", "TABLE_V", "TABLE_VI", "DefendedRun", "Defense", "Leakage",
-    "NotebookParameters", "Study", "StudyConfig", "Victims", "attack_config", "build_defended_model",
+    "CVBParameters", "CVBStudy", "StudyConfig", "Victims", "attack_config", "build_defended_model",
     "central_claims", "claim_check", "client_victims", "figure_7", "figure_9", "figure_9_tables", "figure_10",
     "gradient_stochasticity", "paper_table", "parameter_key", "parameter_listing", "parameter_row",
     "privacy_leakage", "result_key", "row_leakages", "scatter_rows", "stochasticity_panels", "table_i",
@@ -75,7 +75,7 @@ DEFENSE_EXAMPLE = "a defense spec such as 'cvb:k3'"
 
 
 @dataclass
-class NotebookParameters:
+class CVBParameters:
     """Notebook 04's parameters cell, whole: what a tier or sweep sets, checked before anything runs and
     recorded in ``results.json`` (``dataclasses.asdict``), so a report identifies its run.
 
@@ -141,7 +141,7 @@ class NotebookParameters:
         text("results_dir", self.results_dir, "a folder path")
 
     def study_config(self) -> StudyConfig:
-        """The :class:`Study`'s configuration; what the notebook does not set keeps the paper's protocol."""
+        """The :class:`CVBStudy`'s configuration; what the notebook does not set keeps the paper's protocol."""
         return StudyConfig(
             rounds=self.rounds, patience=self.patience, num_clients=self.num_clients,
             samples_per_client=self.samples_per_client, test_samples=self.test_samples,

@@ -162,7 +162,7 @@ def gradient_stochasticity(model: nn.Module, image: torch.Tensor, label: torch.T
     x = image.to(device).reshape(-1, *image.shape[-3:])[:1].repeat(draws, 1, 1, 1)
     y = torch.as_tensor(label, device=device).reshape(1).repeat(draws)
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # restore both generators
         torch.manual_seed(seed)
         grads = client_update(model, x, y, images_per_victim=1)
     out = {}

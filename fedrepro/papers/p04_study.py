@@ -81,7 +81,7 @@ class StudyConfig:
         choice("attack_state", self.attack_state, ATTACK_STATES)
 
 
-class Study:
+class CVBStudy:
     """Trains and attacks each (dataset, model, defense) once, whichever table asks for it.
 
     With ``attack_state="initial"`` an attack needs no training (the attacked model is the round-0

@@ -1,5 +1,5 @@
 """Paper 04's tables and figures: which settings each holds, their rows (measured through a
-:class:`~fedrepro.papers.p04_study.Study`), markdown beside the paper's numbers, and the claim checks.
+:class:`~fedrepro.papers.p04_study.CVBStudy`), markdown beside the paper's numbers, and the claim checks.
 
 Notebook 04 calls one function per section; the loops over settings are here, where a test reaches them.
 """
@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from fedrepro.defenses.spec import Defense, format_value
 from fedrepro.papers.p04_leakage import Leakage, gradient_stochasticity
-from fedrepro.papers.p04_study import Study, parameter_key
+from fedrepro.papers.p04_study import CVBStudy, parameter_key
 
 def paper_table(rows: Iterable[Mapping[str, Any]], report, tier: str, title: str = "",
                 columns: Sequence[str] = ("ssim", "asr", "accuracy")) -> str:
@@ -85,7 +85,7 @@ FIGURE_9 = {
 k_E = 5, s_E = ½, β = 0.1, except the position sweep, which uses k_E = 1."""
 
 
-def table_i(study: Study, dataset: str = "cifar10", subsets: Mapping[str, Sequence[str]] = TABLE_I) -> list[dict]:
+def table_i(study: CVBStudy, dataset: str = "cifar10", subsets: Mapping[str, Sequence[str]] = TABLE_I) -> list[dict]:
     rows = [study.row(dataset, "cnn", "none", accuracy=False, label="CNN, IG (all gradients)")]
     for defense, ignores in subsets.items():
         for ignore in ignores:
@@ -96,7 +96,7 @@ def table_i(study: Study, dataset: str = "cifar10", subsets: Mapping[str, Sequen
     return rows
 
 
-def table_ii(study: Study, dataset: str = "cifar10", defenses: Sequence[str] = TABLE_II, accuracy: bool = True,
+def table_ii(study: CVBStudy, dataset: str = "cifar10", defenses: Sequence[str] = TABLE_II, accuracy: bool = True,
              extra: Sequence[str] = ("cvb",)) -> list[dict]:
     """Table II's rows (privacy, accuracy, parameters), plus ``extra`` settings for comparison."""
     rows = []
@@ -109,24 +109,24 @@ def table_ii(study: Study, dataset: str = "cifar10", defenses: Sequence[str] = T
     return rows
 
 
-def table_iii(study: Study, datasets: Sequence[str] = ("mnist", "cifar10"), attacks: Sequence[str] = ("idlg", "cpl", "ig"),
+def table_iii(study: CVBStudy, datasets: Sequence[str] = ("mnist", "cifar10"), attacks: Sequence[str] = ("idlg", "cpl", "ig"),
               defenses: Sequence[str] = ("none", "cvb")) -> list[dict]:
     return [study.row(dataset, "cnn", defense, attack=attack, accuracy=False,
                       label=f"{dataset}, {'CVB' if defense != 'none' else 'none'}, {attack.upper() if attack != 'ig' else 'IG'}")
             for dataset in datasets for defense in defenses for attack in attacks]
 
 
-def table_iv(study: Study, datasets: Sequence[str] = ("mnist", "cifar10"), defenses: Sequence[str] = TABLE_IV) -> list[dict]:
+def table_iv(study: CVBStudy, datasets: Sequence[str] = ("mnist", "cifar10"), defenses: Sequence[str] = TABLE_IV) -> list[dict]:
     return [study.row(dataset, "cnn", defense, label=f"{dataset}, {Defense.parse(defense).describe()}")
             for dataset in datasets for defense in defenses]
 
 
-def table_v(study: Study, datasets: Sequence[str] = ("mnist", "cifar10"), models: Mapping[str, str] = TABLE_V) -> list[dict]:
+def table_v(study: CVBStudy, datasets: Sequence[str] = ("mnist", "cifar10"), models: Mapping[str, str] = TABLE_V) -> list[dict]:
     return [study.row(dataset, model, defense, label=f"{dataset}, {model}, {'none' if defense == 'none' else defense}")
             for dataset in datasets for model, cvb in models.items() for defense in ("none", cvb)]
 
 
-def table_vi(study: Study, datasets: Mapping[str, str] = TABLE_VI) -> list[dict]:
+def table_vi(study: CVBStudy, datasets: Mapping[str, str] = TABLE_VI) -> list[dict]:
     """Table VI's rows. Every MedMNIST dataset is loaded first, so a missing one fails at once, with
     :class:`fedrepro.data.DatasetNotFoundError`'s message on how to provide it, before any training."""
     for dataset in datasets:
@@ -135,7 +135,7 @@ def table_vi(study: Study, datasets: Mapping[str, str] = TABLE_VI) -> list[dict]
             for dataset, cvb in datasets.items() for defense in ("none", cvb)]
 
 
-def figure_9(study: Study, panels: Sequence[str] = tuple(FIGURE_9), dataset: str = "cifar10") -> dict[str, list[dict]]:
+def figure_9(study: CVBStudy, panels: Sequence[str] = tuple(FIGURE_9), dataset: str = "cifar10") -> dict[str, list[dict]]:
     """Figure 9's panels as rows (x tick label, accuracy, SSIM) for :func:`~fedrepro.papers.p04_plots.plot_hyperparameter_study`."""
     out = {}
     for name in panels:
@@ -166,7 +166,7 @@ PARAMETER_SETTINGS = {"cnn": ("none", "precode:P3", "precode:P2", "precode:P1", 
 kernel sizes (Sec. IV-B), Table IV's PRECODE sizes and Table V's architectures."""
 
 
-def parameter_listing(study: Study, settings: Mapping[str, Sequence[str]] = PARAMETER_SETTINGS) -> str:
+def parameter_listing(study: CVBStudy, settings: Mapping[str, Sequence[str]] = PARAMETER_SETTINGS) -> str:
     """One line per (model, defense): parameters and what the defense adds. These counts follow from the
     architectures alone, so the notebook checks them exactly."""
     lines = []
@@ -184,7 +184,7 @@ STOCHASTICITY_SETTINGS = {"no defense": "none", "PRECODE, P = 3": "precode:P3", 
 KL summed over all latent positions (whose deterministic gradient swamps the layers before the decoder)."""
 
 
-def stochasticity_panels(study: Study, settings: Mapping[str, str] = STOCHASTICITY_SETTINGS,
+def stochasticity_panels(study: CVBStudy, settings: Mapping[str, str] = STOCHASTICITY_SETTINGS,
                          dataset: str = "cifar10", draws: int = 16) -> dict[str, dict[str, float]]:
     """Per setting, :func:`~fedrepro.papers.p04_leakage.gradient_stochasticity` of the round-0 CNN on the
     first victim of ``dataset``, for :func:`~fedrepro.papers.p04_plots.plot_gradient_stochasticity`."""
@@ -198,21 +198,21 @@ FIGURE_7_LABELS = ("none (IG)", "PRECODE P=3", "PRECODE P=2", "PRECODE P=1")
 """Row labels of Figure 7's grid, one per setting of :data:`TABLE_II`."""
 
 
-def figure_7(study: Study, extra: Sequence[str] = (), dataset: str = "cifar10") -> tuple[list[Leakage], list[str]]:
+def figure_7(study: CVBStudy, extra: Sequence[str] = (), dataset: str = "cifar10") -> tuple[list[Leakage], list[str]]:
     """Figure 7's reconstructions (IG without defense, Ignore on PRECODE at P = 3, 2, 1) and ``extra``
     settings, with their row labels, for :func:`~fedrepro.papers.p04_plots.reconstruction_grid`."""
     leakages = [study.leakage(dataset, "cnn", defense) for defense in list(TABLE_II) + list(extra)]
     return leakages, list(FIGURE_7_LABELS) + list(extra)
 
 
-def row_leakages(study: Study, rows: Iterable[Mapping[str, Any]]) -> tuple[list[Leakage], list[str]]:
+def row_leakages(study: CVBStudy, rows: Iterable[Mapping[str, Any]]) -> tuple[list[Leakage], list[str]]:
     """The attack behind each table row, with the row's label (for SSIM spreads and reconstruction grids)."""
     rows = list(rows)
     leakages = [study.leakage(r["dataset"], r["model"], r["defense"], r["attack"], r["ignore"]) for r in rows]
     return leakages, [str(r["label"]) for r in rows]
 
 
-def figure_10(study: Study, datasets: Sequence[str], models: Mapping[str, str] = TABLE_V
+def figure_10(study: CVBStudy, datasets: Sequence[str], models: Mapping[str, str] = TABLE_V
               ) -> dict[str, tuple[list[Leakage], list[str]]]:
     """Figure 10: per dataset, each architecture's reconstructions without defense and with its CVB."""
     settings = [(model, defense) for model, cvb in models.items() for defense in ("none", cvb)]
@@ -226,7 +226,7 @@ def figure_9_tables(panels: Mapping[str, Sequence[Mapping[str, Any]]], report, t
     return "\n\n".join(paper_table(rows, report, tier, f"Figure 9: {title}") for title, rows in panels.items())
 
 
-def central_claims(study: Study, rows: Iterable[Mapping[str, Any]], extra: Sequence[str],
+def central_claims(study: CVBStudy, rows: Iterable[Mapping[str, Any]], extra: Sequence[str],
                    dataset: str = "cifar10") -> str:
     """The paper's central claim on the CNN of ``dataset``: for each CVB among ``extra`` (Table II's extra
     settings), :func:`claim_check` against no defense; then PRECODE's parameter cost at P = 1 against the

@@ -1,6 +1,6 @@
 """Paper 05 (Gao et al., *Privacy-preserving Collaborative Learning with Automatic Transformation
 Search*): notebook 05's whole protocol — its parameters (:class:`ATSParameters`), one row at a time,
-and every section as a :class:`Study` method.
+and every section as a :class:`ATSStudy` method.
 
 A *row* is one training configuration — a transformation policy (``"none"``, a random policy, a
 searched one, a hybrid ``"a+b"``) and optionally a gradient defense (pruning, Laplacian or Gaussian
@@ -47,7 +47,7 @@ from fedrepro.defenses.spec import Defense
 from fedrepro.defenses.transforms import (LIBRARY, Policy, apply_policy, policy_trainer, random_policies,
                                           search_space_size)
 from fedrepro.fl import FedAvgConfig, evaluate, run_fedavg
-from fedrepro.results import TIERS
+from fedrepro.results import TIERS, paper_values
 from fedrepro.runtime import generator
 from fedrepro.validation import choice, integer, names, number, require
 
@@ -78,9 +78,6 @@ TABLE3 = (("prune", 0.70), ("prune", 0.95), ("prune", 0.99), ("laplacian", 1e-3)
 
 #: The six attacks of Table 2, in the paper's order.
 TABLE2_ATTACKS = ("ats_lbfgs_l2", "ats_adam_cosine", "ats_lbfgs_cosine", "ats_adam_l1", "ats_adam_l2", "ats_sgd_cosine")
-
-#: The paper's five lowest-S_pri single operations (Figure 5), listed before the search.
-PAPER_LOWEST_OPERATIONS = (3, 15, 18, 26, 1)
 
 #: Result key of the Pearson correlation of S_pri and attack PSNR (Figure 2).
 PEARSON_KEY = "spri_psnr_pearson"
@@ -483,14 +480,18 @@ def describe_policy(policy: str) -> str:
 
 # --- the notebook's sections ---------------------------------------------------------------------
 
-def library_summary(indices: Sequence[int] = PAPER_LOWEST_OPERATIONS, max_ops: int = 3) -> str:
-    """The size of the search space and the library operations at ``indices``, one per line."""
+def library_summary(indices: Sequence[int] | None = None, max_ops: int = 3) -> str:
+    """The size of the search space and the library operations at ``indices``, one per line (default: the
+    five operations with the lowest S_pri in the paper's Figure 5, read from ``paper_results/05.yaml``)."""
+    if indices is None:
+        values = paper_values()
+        indices = [int(values[("05", figure5_key(rank))].value) for rank in range(1, 6)]
     lines = [f"policies of at most {max_ops} operations: {search_space_size(max_ops):,}"]
     lines += [f"{index:2d}: {LIBRARY[index].describe()}" for index in indices]
     return "\n".join(lines)
 
 
-class Study:
+class ATSStudy:
     """Notebook 05 on one search dataset: the search per architecture, then each table and figure.
 
     Every number goes into ``report`` under this module's keys. ``data`` / ``transfer`` are loaded from
@@ -509,7 +510,6 @@ class Study:
         self.work.mkdir(parents=True, exist_ok=True)
         self.data = data if data is not None else self._load(p.dataset)
         self.mean, self.std = self.data.train.mean, self.data.train.std
-        self.victim_images, self.victim_labels = self.data.test.images[:p.victims], self.data.test.labels[:p.victims]
         self.rest = self.data.test.subset(torch.arange(p.victims, len(self.data.test)))
         self.spri_images, self.spri_labels = pick_images(self.rest, p.spri_per_class, p.seed)
         self.config = p.fedavg_config()
@@ -728,8 +728,8 @@ class Study:
 
 
 __all__ = [
-    "ARCHS", "ATSParameters", "LIBRARY", "PAPER_LOWEST_OPERATIONS", "PEARSON_KEY", "PUBLISHED", "PolicyAttack", "Rows",
-    "SEARCHED_KEY", "SECTIONS", "STAND_INS", "Study", "TABLE1_COLUMNS", "TABLE2_ATTACKS", "TABLE3", "TABLE3_PARAMETER",
+    "ARCHS", "ATSParameters", "LIBRARY", "PEARSON_KEY", "PUBLISHED", "PolicyAttack", "Rows",
+    "SEARCHED_KEY", "SECTIONS", "STAND_INS", "ATSStudy", "TABLE1_COLUMNS", "TABLE2_ATTACKS", "TABLE3", "TABLE3_PARAMETER",
     "TrainedRow", "attack_under_policy", "build_ats_model", "defense_label", "describe_policy", "figure4_grid",
     "figure5_key", "library_summary", "lowest", "markdown_table", "paper_dataset", "pearson", "plot_correlation",
     "plot_single_scores", "published_key", "random_policy_list", "result_key", "semi_accuracy_key", "stand_in_note",

@@ -1,7 +1,9 @@
-"""Differentially private FedAvg: client-side DP-SGD through opacus, three clipping strategies, accounting.
+"""Differentially private FedAvg: client-side DP-SGD, three clipping strategies, accounting.
 
 * :class:`DPTrainer` — a ``LocalTrainer`` for :func:`fedrepro.fl.run_fedavg` (Poisson sampling,
-  per-sample clipping, Gaussian noise; per-client accountants that compose over every round).
+  per-sample clipping, Gaussian noise; per-client accountants that compose over every round). Clipping
+  by the ghost engine (:mod:`fedrepro.privacy.ghost`) or opacus's ``GradSampleModule`` (``engine=``);
+  sampling, noise and accounting are opacus's.
 * clipping strategies by name: ``flat``, ``per_layer_uniform``, ``per_layer_adaptive``, ``per_layer``
   (explicit list) — :mod:`fedrepro.privacy.clipping` says what a layer is and how M_j is measured.
 * accounting: :func:`epsilon_for`, :func:`noise_for_epsilon` (opacus RDP by default, PRV by name).

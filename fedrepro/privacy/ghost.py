@@ -48,9 +48,9 @@ def check_supported(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if not own:
             continue
         if not isinstance(module, SUPPORTED) or (isinstance(module, nn.Conv2d) and module.groups != 1) or \
-                (isinstance(module, nn.Conv2d) and isinstance(module.padding, str)):
+                (isinstance(module, nn.Conv2d) and (isinstance(module.padding, str) or module.padding_mode != "zeros")):
             raise UnsupportedLayerError(f"{name or '(root)'} ({type(module).__name__}) has no ghost-clipping rule; "
-                                        "supported: Linear, Conv2d (groups=1, numeric padding), GroupNorm")
+                                        "supported: Linear, Conv2d (groups=1, numeric zero padding), GroupNorm")
         owners.append((name, module))
     return owners
 

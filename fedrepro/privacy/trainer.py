@@ -1,10 +1,11 @@
-"""Client-side DP-SGD through opacus as a :class:`~fedrepro.fl.LocalTrainer` for ``run_fedavg``.
+"""Client-side DP-SGD as a :class:`~fedrepro.fl.LocalTrainer` for ``run_fedavg``.
 
 Each selected client, each round, runs DP-SGD on its own data: Poisson sampling (opacus's
-``UniformWithReplacementSampler``), per-sample gradients (opacus's ``GradSampleModule``, hooks),
-per-sample clipping by the chosen strategy (:mod:`fedrepro.privacy.clipping`), Gaussian noise and
-averaging by opacus's ``DPOptimizer`` family, optionally over several physical batches per
-Poisson batch (opacus's skip-step mechanism, as ``BatchMemoryManager`` does) when memory requires.
+``UniformWithReplacementSampler``), per-sample clipping by the chosen strategy
+(:mod:`fedrepro.privacy.clipping`) — computed by the ghost engine (:mod:`fedrepro.privacy.ghost`:
+per-layer norms and one weighted gradient product per layer) or by opacus's ``GradSampleModule``
+(hooks; the reference), ``engine=`` — then Gaussian noise and averaging by opacus's ``DPOptimizer``
+family, optionally over several physical batches per Poisson batch when memory requires.
 
 **Accounting composes over all rounds.** The trainer keeps one opacus accountant per client for
 its whole life (one run): every noisy step the client ever takes is recorded by the accountant's

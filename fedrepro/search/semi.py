@@ -41,7 +41,7 @@ def train_semi_model(model: nn.Module, dataset: ImageDataset, *, fraction: float
                                 weight_decay=weight_decay)
     milestones = sorted({max(1, int(epochs * f)) for f in (3 / 8, 5 / 8, 7 / 8)})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # restore both generators
         torch.manual_seed(generator(seed, "semi-train").initial_seed())
         bar = tqdm(range(epochs), desc="semi-trained model", unit="epoch", disable=not progress)
         for epoch in bar:
