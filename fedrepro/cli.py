@@ -2,21 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from fedrepro.results import TIERS
-from fedrepro.runner import (ParameterError, find_notebook, list_notebooks, notebook_parameters,
-                             parse_cli_value, reproduce, run_notebook, tier_parameters)
+from fedrepro.runner import (NotebookError, ParameterError, find_notebook, list_notebooks, notebook_parameters,
+                             parse_cli_value, read_parameter_file, reproduce, run_notebook, tier_parameters)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedrepro", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks instead of one paragraph per failure (or FEDREPRO_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="execute one notebook headlessly with papermill")
     run.add_argument("notebook", help="path, or a name/prefix in ./notebooks (e.g. 00 or 00_quickstart)")
     run.add_argument("--tier", choices=TIERS, default="smoke")
+    run.add_argument("-f", "--parameters-file", action="append", default=[], metavar="FILE",
+                     help="a YAML mapping of parameters (several allowed, later wins; -p wins over all)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override one parameter (VALUE is read as YAML: 3, 0.1, true, [1, 2], cnn)")
     run.add_argument("--out", help="output folder (default reports/<tier>/<notebook>)")
@@ -51,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            overrides = {name: parse_cli_value(value) for name, value in args.parameter}
+            overrides: dict = {}
+            for path in args.parameters_file:
+                overrides |= read_parameter_file(path)
+            overrides |= {name: parse_cli_value(value, name) for name, value in args.parameter}
             out = run_notebook(find_notebook(args.notebook), args.tier, overrides, args.out)
             print(f"wrote {out}")
         elif args.command == "reproduce":
@@ -78,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             from fedrepro.badges import badge_table
 
             print(badge_table(list_notebooks(), args.repository))
-    except (ParameterError, FileNotFoundError, ValueError) as error:
-        print(f"fedrepro: {error}", file=sys.stderr)
-        return 2
+    except (ParameterError, FileNotFoundError, ValueError, NotebookError, RuntimeError) as error:
+        if args.debug or os.environ.get("FEDREPRO_DEBUG"):
+            traceback.print_exc()
+        hint = "" if args.debug else "\n  (--debug shows the full traceback)"
+        print(f"fedrepro: {error}{hint if isinstance(error, (NotebookError, RuntimeError)) else ''}", file=sys.stderr)
+        return 1 if isinstance(error, (NotebookError, RuntimeError)) else 2
     return 0
 
 

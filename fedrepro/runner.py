@@ -20,7 +20,43 @@ from fedrepro.results import TIERS, write_summary
 
 
 class ParameterError(ValueError):
-    """An override that the notebook does not declare, or of the wrong type."""
+    """An override that the notebook does not declare, of the wrong type, or outside its valid range."""
+
+
+class NotebookError(RuntimeError):
+    """A notebook cell raised: one paragraph saying where and what, and where the full traceback is."""
+
+    def __init__(self, notebook: Path, executed: Path, cell: int, where: str, ename: str, evalue: str) -> None:
+        self.notebook, self.executed, self.cell, self.where, self.ename, self.evalue = \
+            notebook, executed, cell, where, ename, evalue
+        super().__init__(f"{notebook.stem} failed in cell {cell} ({where}): {ename}: {evalue}\n"
+                         f"  the executed notebook, with the full traceback, is {executed}")
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with a ParameterError that names ``source``, the line and the column, and what
+    the parser expected, instead of a traceback from inside the YAML library."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(part) for part in (getattr(error, "context", None), getattr(error, "problem", None))
+                           if part) or str(error).splitlines()[0]
+        raise ParameterError(f"{source}{where}: not valid YAML ({problem})") from None
+
+
+def read_parameter_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``-f`` file: a YAML mapping of parameter names to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError(f"parameter file {path} does not exist")
+    values = load_yaml(path.read_text(), str(path))
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ParameterError(f"{path} must be a mapping of parameter names to values, got {type(values).__name__}")
+    return values
 
 
 def find_notebook(name: str | os.PathLike, notebooks_dir: str | os.PathLike = "notebooks") -> Path:
@@ -73,7 +109,7 @@ def tier_parameters(notebook: str | os.PathLike, tier: str) -> dict[str, Any]:
     path = notebook.parent.parent / "parameters" / notebook.stem / f"{tier}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"tier {tier!r} of {notebook.stem} needs {path}")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = load_yaml(path.read_text(), str(path)) or {}
     if not isinstance(values, dict):
         raise ParameterError(f"{path} must be a mapping of parameter names to values")
     if values.get("tier", tier) != tier:
@@ -107,9 +143,22 @@ def validate_parameters(notebook: str | os.PathLike, overrides: dict[str, Any]) 
     return overrides
 
 
-def parse_cli_value(text: str) -> Any:
+def parse_cli_value(text: str, name: str = "value") -> Any:
     """``-p key value`` values are YAML scalars/lists: ``3``, ``0.1``, ``true``, ``[1, 2]``, ``cnn``."""
-    return yaml.safe_load(text)
+    return load_yaml(text, f"-p {name} {text!r}")
+
+
+def check_ranges(notebook: str | os.PathLike, parameters: dict[str, Any]) -> None:
+    """Check a run's values before its kernel starts, with the notebook's own parameter dataclass
+    (:data:`fedrepro.papers.PARAMETERS`): a count of 0 or an unknown dataset then fails in a second,
+    naming the parameter and what is valid, instead of deep inside the notebook."""
+    from fedrepro.papers import check_parameters
+
+    values = notebook_parameters(notebook) | parameters
+    try:
+        check_parameters(Path(notebook).stem, values)
+    except (ValueError, TypeError) as error:
+        raise ParameterError(f"{Path(notebook).stem}: {error}") from None
 
 
 def run_notebook(notebook: str | os.PathLike, tier: str = "smoke", overrides: dict[str, Any] | None = None,
@@ -127,10 +176,39 @@ def run_notebook(notebook: str | os.PathLike, tier: str = "smoke", overrides: di
     parameters["results_dir"] = str(out)
     parameters.setdefault("tier", tier)
     validate_parameters(notebook, parameters)
+    check_ranges(notebook, parameters)
     out.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(notebook), str(out / notebook.name), parameters=parameters,
-                               kernel_name="python3", cwd=str(notebook.parent), progress_bar=progress)
+    executed = out / notebook.name
+    try:
+        papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
+                                   kernel_name="python3", cwd=str(notebook.parent), progress_bar=progress)
+    except papermill.PapermillExecutionError as error:
+        raise NotebookError(notebook, executed, error.cell_index, _cell_heading(executed, error.cell_index,
+                                                                                 error.source),
+                            error.ename, _short(error.evalue)) from error
     return out
+
+
+def _cell_heading(executed: Path, index: int, source: str) -> str:
+    """The failed cell, as a reader finds it: the heading of the section it is in and its first line."""
+    first = next((line.strip() for line in source.splitlines() if line.strip() and not line.startswith("#")),
+                 source.strip()[:60])
+    first = first if len(first) <= 70 else first[:67] + "..."
+    try:
+        cells = json.loads(executed.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return first
+    for cell in reversed(cells[:index]):
+        text = "".join(cell.get("source", ""))
+        if cell.get("cell_type") == "markdown" and text.lstrip().startswith("#"):
+            return f"section '{text.lstrip().splitlines()[0].lstrip('# ').strip()}', {first}"
+    return first
+
+
+def _short(message: str, lines: int = 6) -> str:
+    """An exception message of at most ``lines`` lines (fedrepro's own messages say how to fix it there)."""
+    kept = [line for line in str(message).splitlines() if line.strip()]
+    return "\n".join(kept[:lines]) + ("\n  ..." if len(kept) > lines else "")
 
 
 def reproduce(tier: str = "quick", notebooks_dir: str | os.PathLike = "notebooks",
@@ -153,7 +231,8 @@ def reproduce(tier: str = "quick", notebooks_dir: str | os.PathLike = "notebooks
             run_notebook(notebook, tier, out_dir=root / notebook.stem, progress=progress)
             print(f"[fedrepro] {notebook.stem} done in {time.perf_counter() - started:.0f} s", flush=True)
         except Exception as error:  # noqa: BLE001 - one failing notebook must not hide the others
-            failures.append(f"{notebook.stem}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            failures.append(str(error) if isinstance(error, (NotebookError, ParameterError))
+                            else f"{notebook.stem}: {type(error).__name__}: {error}")
             print(f"[fedrepro] {notebook.stem} FAILED", flush=True)
     summary = write_summary(root)
     if failures:

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 from tqdm.auto import tqdm
 
 from fedrepro.results import TIERS
-from fedrepro.runner import find_notebook, run_notebook, tier_parameters, validate_parameters
+from fedrepro.runner import (check_ranges, find_notebook, load_yaml, run_notebook, tier_parameters,
+                             validate_parameters)
 
 
 @dataclass
@@ -48,7 +48,11 @@ class SweepSpec:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "SweepSpec":
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"sweep spec {path} does not exist")
+        raw = load_yaml(Path(path).read_text(), str(path)) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a sweep spec is a mapping with notebook, tier, grid, points, seeds")
         unknown = set(raw) - {"notebook", "tier", "grid", "points", "seeds"}
         if unknown or "notebook" not in raw:
             raise ValueError(f"{path}: a sweep spec has notebook, tier, grid, points, seeds; got {sorted(raw)}")
@@ -103,13 +107,15 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, executor: str = "loca
     """Run every point of ``spec`` not finished yet; see the module docstring for the layout."""
     notebook = str(find_notebook(spec.notebook))
     base = tier_parameters(notebook, spec.tier)
+    for overrides in spec.expand():  # every point's names, types and ranges, before any point runs
+        validate_parameters(notebook, base | overrides)
+        check_ranges(notebook, base | overrides)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(spec.__dict__, indent=2, default=str))
 
     todo, outcome = [], SweepOutcome()
     for overrides in spec.expand():
-        validate_parameters(notebook, base | overrides)
         folder = out / point_hash(Path(notebook).stem, spec.tier, overrides)
         folder.mkdir(exist_ok=True)
         (folder / "point.json").write_text(json.dumps(overrides, indent=2, sort_keys=True, default=str))
@@ -198,6 +204,11 @@ def collect(sweep_dir: str | os.PathLike) -> tuple[Path, Path]:
     standard deviation over seeds beside the paper's value.
     """
     folder = Path(sweep_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; give the output folder of a fedrepro sweep")
+    if not any(folder.glob("*/point.json")):
+        raise FileNotFoundError(f"{folder} holds no sweep runs (no <run>/point.json): give the output folder of "
+                                f"a fedrepro sweep (default reports/sweeps/<spec name>)")
     rows, comparisons = [], {}
     for point_file in sorted(folder.glob("*/point.json")):
         overrides = json.loads(point_file.read_text())

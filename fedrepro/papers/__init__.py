@@ -13,3 +13,29 @@ paper                          protocol module (figures)
 05 transformation search        :mod:`p05_ats`
 =============================  ==========================================================================
 """
+from __future__ import annotations
+
+import dataclasses
+from importlib import import_module
+from typing import Any
+
+PARAMETERS = {
+    "01_robustness": "p01_robustness:RobustnessParameters",
+    "02_clipping": "p02_clipping:ClippingParameters",
+    "03_inversion": "p03_inversion:InversionParameters",
+    "04_cvb": "p04_cvb:CVBParameters",
+    "05_transformation_search": "p05_ats:ATSParameters",
+}
+"""Each notebook's validated parameter dataclass, so ``fedrepro run`` can check a run's parameters before
+a kernel starts (the notebook builds the same dataclass from its parameters cell)."""
+
+
+def check_parameters(notebook: str, values: dict[str, Any]) -> None:
+    """Build ``notebook``'s parameter dataclass from ``values`` (the names it declares); its validation
+    raises a ValueError naming the bad parameter, its value and what is valid. Notebooks without one pass."""
+    if notebook not in PARAMETERS:
+        return
+    module, _, name = PARAMETERS[notebook].partition(":")
+    cls = getattr(import_module(f"fedrepro.papers.{module}"), name)
+    fields = {field.name for field in dataclasses.fields(cls)}
+    cls(**{key: value for key, value in values.items() if key in fields})
