@@ -166,7 +166,7 @@ class DPTrainer:
     physical_batch_size: int | None = None
     secure_mode: bool = False
     batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
-    engine: str = "opacus"
+    engine: str = "auto"
     clients: dict[int, ClientPrivacy] = field(default_factory=dict, init=False, repr=False)
     log: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     stateless: bool = field(default=False, init=False, repr=False)  # run_fedavg keeps it in the main process by default
