@@ -6,6 +6,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_history(history: Sequence[dict[str, float]], paper_accuracy: float | None = None,
@@ -17,6 +18,7 @@ def plot_history(history: Sequence[dict[str, float]], paper_accuracy: float | No
     if paper_accuracy is not None:
         ax.axhline(paper_accuracy, color="gray", linestyle="--", label=f"paper: {paper_accuracy:.2f}%")
     ax.set(xlabel="communication round", ylabel="test accuracy (%)", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are counts: 1, 2, 3, not 1.25
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

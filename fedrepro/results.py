@@ -126,9 +126,11 @@ COLUMNS = ("setting", "source", "paper", "measured", "tier", "difference")
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
+    """4 significant digits; whole numbers of 10,000 or more (parameter counts) in full with separators."""
     if value is None or math.isnan(value):
         return "—"
-    return f"{value:.4g}" + (f" {unit}" if unit else "")
+    text = f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1e4 else f"{value:.4g}"
+    return text + (f" {unit}" if unit else "")
 
 
 def _cells(row: dict[str, Any]) -> tuple[str, ...]:

@@ -37,3 +37,24 @@ def test_report_compares_against_the_paper_and_writes_results(tmp_path):
 def test_report_refuses_unknown_tier():
     with pytest.raises(ValueError, match="tier"):
         Report("x", "04", "medium", {})
+
+
+def test_counts_print_in_full_with_separators_and_measurements_with_four_digits():
+    from fedrepro.results import _fmt
+
+    assert _fmt(65962.0) == "65,962" and _fmt(75264) == "75,264"  # parameter counts, not 6.596e+04
+    assert _fmt(62.53, "%") == "62.53 %" and _fmt(0.123456) == "0.1235" and _fmt(12345.6) == "1.235e+04"
+    assert _fmt(None) == "—"
+
+
+def test_round_axes_have_integer_ticks():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fedrepro.plots import plot_history
+
+    history = [{"round": r, "test_accuracy": 0.1 * r} for r in range(1, 5)]
+    fig = plot_history(history)
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 4]
+    assert ticks and all(float(t).is_integer() for t in ticks)
