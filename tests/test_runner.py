@@ -8,7 +8,7 @@ import yaml
 
 from fedrepro.cli import main
 from fedrepro.papers import p03_inversion as inversion, p04_cvb as cvb, p05_ats as ats
-from fedrepro.validation import names as check_choices
+from fedrepro.validation import names
 from fedrepro.runner import (ParameterError, find_notebook, list_notebooks, notebook_parameters,
                              tier_parameters, validate_parameters)
 from fedrepro.sweep import SweepSpec
@@ -125,11 +125,11 @@ SECTION_LISTS = {"03_inversion": ("experiments", inversion.EXPERIMENTS), "04_cvb
 
 
 def test_section_lists_refuse_unknown_names():
-    assert check_choices("tables", ("table1", "figure5"), ats.SECTIONS) == ["table1", "figure5"]
+    assert names("tables", ("table1", "figure5"), ats.SECTIONS) == ["table1", "figure5"]
     with pytest.raises(ValueError, match=r"^tables\[1\] = 'tabel1' is invalid: choose one of figure5, table1"):
-        check_choices("tables", ["table1", "tabel1"], ats.SECTIONS)
+        names("tables", ["table1", "tabel1"], ats.SECTIONS)
     with pytest.raises(ValueError, match="^tables = 'table1' is invalid: expected a list of names"):
-        check_choices("tables", "table1", ats.SECTIONS)
+        names("tables", "table1", ats.SECTIONS)
 
 
 @pytest.mark.parametrize("name", sorted(SECTION_LISTS))
@@ -143,4 +143,4 @@ def test_every_tier_and_sweep_names_known_sections(name):
     chosen = [s[parameter] for s in sets if parameter in s]
     assert chosen, f"no parameter set of {name} names its {parameter}"
     for names in chosen:
-        check_choices(parameter, names, allowed)  # raises on an unknown name
+        names(parameter, names, allowed)  # raises on an unknown name

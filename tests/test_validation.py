@@ -7,7 +7,7 @@ import re
 import pytest
 
 from fedrepro import validation as v
-from fedrepro.registry import Registry, check_choices
+from fedrepro.registry import Registry
 
 
 def refused(check, *args, **kwargs) -> str:
@@ -116,12 +116,6 @@ def test_choices_may_be_a_registry_whose_own_lookup_decides():
     assert refused(v.choice, "model_name", "vgg", models) == \
         "model_name = 'vgg' is invalid: choose one of cnn, resnet9"
     assert refused(v.choice, "model_name", 3, models) == "model_name = 3 is invalid: choose one of cnn, resnet9"
-
-
-def test_check_choices_is_names():
-    assert check_choices("tables", ("table1",), ("table1", "figure5")) == ["table1"]
-    with pytest.raises(ValueError, match=re.escape("tables[0] = 'x' is invalid: choose one of table1, figure5")):
-        check_choices("tables", ["x"], ("table1", "figure5"))
 
 
 def test_text_device_and_parsed():
