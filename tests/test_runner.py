@@ -142,5 +142,5 @@ def test_every_tier_and_sweep_names_known_sections(name):
         sets += SweepSpec.from_yaml(sweep).expand()
     chosen = [s[parameter] for s in sets if parameter in s]
     assert chosen, f"no parameter set of {name} names its {parameter}"
-    for names in chosen:
-        names(parameter, names, allowed)  # raises on an unknown name
+    for sections in chosen:
+        names(parameter, sections, allowed)  # raises on an unknown name
