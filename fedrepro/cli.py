@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     collect = commands.add_parser("collect", help="gather a sweep's results into results.csv / results.md / plots")
     collect.add_argument("sweep_dir")
 
+    compare = commands.add_parser("compare", help="your runs' metrics beside our reference runs' and the paper's")
+    compare.add_argument("path", help="a results.json, a run folder, or reports/<tier>")
+    compare.add_argument("--reference", help="folder of reference runs (default: the ones fedrepro ships)")
+
     badges = commands.add_parser("badges", help="print the README's Binder/Colab badge table")
     badges.add_argument("--repository", help="GitHub URL (default: the project's configured Repository URL)")
     return parser
@@ -83,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             from fedrepro.sweep import collect
 
             print(f"wrote {', '.join(map(str, collect(args.sweep_dir)))}")
+        elif args.command == "compare":
+            from fedrepro.reference import REFERENCE_DIR, compare
+
+            print(compare(args.path, args.reference or REFERENCE_DIR), end="")
         elif args.command == "badges":
             from fedrepro.badges import badge_table
 
