@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import yaml
 
-TIERS = ("smoke", "quick", "paper")
+TIERS = ("smoke", "quick", "gpu", "paper")
 
 
 @dataclass(frozen=True)

@@ -280,7 +280,7 @@ def test_table_vi_offline_fails_before_training_with_how_to_provide_the_data(mon
 def _parameter_sets() -> list[dict]:
     """The parameters cell, each tier's overrides on it, and each sweep point's on its tier."""
     defaults = notebook_parameters(NOTEBOOK)
-    sets = [defaults] + [defaults | tier_parameters(NOTEBOOK, tier) for tier in ("quick", "paper")]
+    sets = [defaults] + [defaults | tier_parameters(NOTEBOOK, tier) for tier in ("quick", "gpu", "paper")]
     for path in (REPO / "parameters" / "sweeps").glob("04_cvb_*.yaml"):
         spec = SweepSpec.from_yaml(path)
         sets += [defaults | tier_parameters(NOTEBOOK, spec.tier) | point for point in spec.expand()]
@@ -308,7 +308,7 @@ def test_parameters_map_onto_the_study_config():
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"tier": "fast"}, r"tier = 'fast' is invalid: choose one of smoke, quick, paper$"),
+    ({"tier": "fast"}, r"tier = 'fast' is invalid: choose one of smoke, quick, gpu, paper$"),
     ({"tables": ["II", "VII"]}, r"tables\[1\] = 'VII' is invalid: choose one of I, II"),
     ({"tables": "II"}, r"tables = 'II' is invalid: expected a list of names from I, II"),
     ({"datasets": ["svhn"]}, r"datasets\[0\] = 'svhn' is invalid: choose one of .*cifar10"),

@@ -252,7 +252,7 @@ def test_params_defaults_are_the_smoke_tier_and_every_tier_validates():
     cell = notebook_parameters(NOTEBOOK)
     smoke = {k: v for k, v in cell.items() if k not in ("tier", "results_dir")}
     assert dataclasses.asdict(InversionParameters()) == smoke
-    for tier in ("quick", "paper"):
+    for tier in ("quick", "gpu", "paper"):
         values = {**smoke, **{k: v for k, v in tier_parameters(NOTEBOOK, tier).items() if k != "tier"}}
         assert dataclasses.asdict(InversionParameters(**values)) == values
     assert InversionParameters(experiments=["noise"], defense_model="resnet18").used_models() == ["resnet18"]

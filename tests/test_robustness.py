@@ -337,7 +337,7 @@ def test_parameters_default_to_the_smoke_tier_and_record_every_value_as_json():
 
 
 @pytest.mark.parametrize("name, value, message", [
-    ("tier", "fast", "tier = 'fast' is invalid: choose one of smoke, quick, paper"),
+    ("tier", "fast", "tier = 'fast' is invalid: choose one of smoke, quick, gpu, paper"),
     ("model_name", "resnet7", "model_name = 'resnet7' is invalid: choose one of "),
     ("grid_model", "x", "grid_model = 'x' is invalid: choose None or one of "),
     ("rounds", 0, "rounds = 0 is invalid: expected an integer ≥ 1"),

@@ -65,7 +65,7 @@ def test_tier_files_must_exist_and_agree(tmp_path):
 def test_every_notebook_tier_is_valid(notebook):
     params = notebook_parameters(notebook)
     assert {"tier", "seed", "results_dir"} <= set(params) and params["tier"] == "smoke"
-    for tier in ("quick", "paper"):
+    for tier in ("quick", "gpu", "paper"):
         values = tier_parameters(notebook, tier)
         validate_parameters(notebook, values)
         assert yaml.safe_load((REPO / "parameters" / notebook.stem / f"{tier}.yaml").read_text())["tier"] == tier
@@ -137,7 +137,7 @@ def test_every_tier_and_sweep_names_known_sections(name):
     """A typo in a section list would skip that section silently; each parameter set must pass the check."""
     parameter, allowed = SECTION_LISTS[name]
     notebook = REPO / "notebooks" / f"{name}.ipynb"
-    sets = [notebook_parameters(notebook)] + [tier_parameters(notebook, tier) for tier in ("quick", "paper")]
+    sets = [notebook_parameters(notebook)] + [tier_parameters(notebook, tier) for tier in ("quick", "gpu", "paper")]
     for sweep in (REPO / "parameters" / "sweeps").glob(f"{name}_*.yaml"):
         sets += SweepSpec.from_yaml(sweep).expand()
     chosen = [s[parameter] for s in sets if parameter in s]
