@@ -9,8 +9,8 @@ conventions: de-normalised images in [0, 1], data range 1, per image then averag
 Everything notebook 03 runs is here, so that a test reaches it: :class:`InversionParameters` (its
 parameters, checked), :class:`InversionStudy` (each section's rows, every network trained once,
 every number recorded under the keys of :func:`state_key` & co.), :func:`claim_checks` (the slides'
-claims against the rows). Defenses are :class:`fedrepro.defenses.spec.Defense` specs:
-``gaussian:var…`` (the slides' σ² is a variance) and ``prune:ratio…``.
+claims against the rows, by the criterion of :mod:`fedrepro.claims`). Defenses are
+:class:`fedrepro.defenses.spec.Defense` specs: ``gaussian:var…`` (the slides' σ² is a variance) and ``prune:ratio…``.
 
 Choices that change numbers, made once here:
 
@@ -44,7 +44,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
-from fedrepro import metrics
+from fedrepro import claims, metrics
 from fedrepro.attacks import ATTACKS, LocalTraining, ServerView, client_update, run_attack
 from fedrepro.attacks.victims import pick_victims
 from fedrepro.augment import CropFlip
@@ -590,7 +590,7 @@ class InversionStudy:
         return self.rows.get("noise", []) + self.rows.get("pruning", [])[1:]
 
     def claims(self) -> list[ClaimCheck]:
-        """Check the slides' claims on the rows measured so far; record each claim's share of agreeing networks."""
+        """Check the slides' claims on the rows measured so far; record each claim's share of networks confirming it."""
         checks = claim_checks(self.rows, self.params.training_models, self.params.defense_model,
                               self.params.claim_tolerance)
         for key, score in claim_scores(checks).items():
@@ -682,12 +682,17 @@ def defense_explorer(rows: Sequence[InversionRow], max_images: int | None = None
 
 @dataclass(frozen=True)
 class ClaimCheck:
-    """A qualitative claim of the slides, tested on measured rows: 1 = our numbers agree, 0 = they do not."""
+    """A qualitative claim of the slides, tested on measured rows with :mod:`fedrepro.claims`' criterion."""
 
     key: str
     statement: str
-    holds: bool
+    verdict: str  # "confirmed", "contradicted", "inside the spread", "not monotone" or "no spread"
     evidence: str
+
+    @property
+    def holds(self) -> bool:
+        """Our numbers confirm the claim: the effect clears the spread over victims, not just its sign."""
+        return self.verdict == claims.CONFIRMED
 
 
 def _mean(row: InversionRow, metric: str = "psnr") -> float:
@@ -696,46 +701,58 @@ def _mean(row: InversionRow, metric: str = "psnr") -> float:
 
 def check_order(key: str, statement: str, better: InversionRow, worse: InversionRow,
                 metric: str = "psnr") -> ClaimCheck:
-    """``better`` reconstructs better than ``worse`` in mean ``metric``."""
+    """``better`` reconstructs better than ``worse``: mean ``metric`` higher by more than Z standard errors."""
     a, b = _mean(better, metric), _mean(worse, metric)
-    return ClaimCheck(key, statement, a > b, f"{better.setting} {a:.3g} vs {worse.setting} {b:.3g} ({metric})")
+    comparison = claims.compare(getattr(better, metric), getattr(worse, metric))
+    return ClaimCheck(key, statement, comparison.verdict,
+                      f"{better.setting} {a:.3g} vs {worse.setting} {b:.3g} ({metric}): {comparison.estimate()}")
 
 
 def check_decreasing(key: str, statement: str, rows: Sequence[InversionRow], metric: str = "psnr",
                      tolerance: float = 0.0) -> ClaimCheck:
-    """Mean ``metric`` does not increase (by more than ``tolerance``) along ``rows`` and ends lower than it starts."""
-    values = [_mean(r, metric) for r in rows]
-    holds = len(values) >= 2 and values[-1] < values[0] and all(b <= a + tolerance for a, b in zip(values, values[1:]))
-    evidence = " → ".join(f"{r.setting}: {v:.3g}" for r, v in zip(rows, values)) + f" ({metric})"
-    return ClaimCheck(key, statement, holds, evidence)
+    """Mean ``metric`` ends lower than it starts by the criterion, and no step from one row to the next
+    rises by more than both Z standard errors and ``tolerance`` (:func:`fedrepro.claims.decreasing`)."""
+    trend = claims.decreasing([getattr(r, metric) for r in rows], tolerance)
+    values = " → ".join(f"{r.setting}: {_mean(r, metric):.3g}" for r in rows)
+    rises = "".join(f"; {rows[i].setting} → {rows[i + 1].setting} rises {-trend.steps[i].difference:.3g}"
+                    for i in trend.rises())
+    return ClaimCheck(key, statement, trend.verdict,
+                      f"{values} ({metric}); first − last {trend.overall.estimate()}{rises}")
 
 
 def check_spread(key: str, statement: str, wider: InversionRow, narrower: InversionRow,
                  metric: str = "psnr") -> ClaimCheck:
-    """``wider``'s victims spread more (standard deviation of ``metric``) than ``narrower``'s."""
-    a, b = float(np.std(getattr(wider, metric))), float(np.std(getattr(narrower, metric)))
-    return ClaimCheck(key, statement, a > b, f"std {wider.setting} {a:.3g} vs {narrower.setting} {b:.3g} ({metric})")
+    """``wider``'s victims spread more than ``narrower``'s: the log ratio of their sample standard
+    deviations clears its standard error (:func:`fedrepro.claims.compare_spread`)."""
+    a, b = (float(np.std(getattr(r, metric), ddof=1)) if r.victims > 1 else math.nan for r in (wider, narrower))
+    comparison = claims.compare_spread(getattr(wider, metric), getattr(narrower, metric))
+    return ClaimCheck(key, statement, comparison.verdict,
+                      f"sample std {wider.setting} {a:.3g} vs {narrower.setting} {b:.3g} ({metric}): "
+                      f"ratio {math.exp(comparison.difference):.3g}, log ratio {comparison.estimate()}")
 
 
 def check_recovered(key: str, statement: str, row: InversionRow) -> ClaimCheck:
-    """At least one victim reconstructed with SSIM ≥ 0.5 (paper 04's success criterion)."""
-    asr = row.summary()["asr"]
-    return ClaimCheck(key, statement, asr > 0, f"{row.setting}: ASR {asr:.2f}, mean SSIM {_mean(row, 'ssim'):.3f}")
+    """The victims are recovered: their mean SSIM exceeds the attack-success threshold (0.5, paper 04's)
+    by the criterion, a one-sample comparison (se = s/√n)."""
+    comparison = claims.compare_to(row.ssim, metrics.ASR_THRESHOLD)
+    return ClaimCheck(key, statement, comparison.verdict,
+                      f"{row.setting}: mean SSIM {_mean(row, 'ssim'):.3f} − {metrics.ASR_THRESHOLD:g}: "
+                      f"{comparison.estimate()}, ASR {row.summary()['asr']:.2f}")
 
 
 def claims_table(checks: Sequence[ClaimCheck]) -> str:
-    lines = ["| claim (slides) | our numbers agree? | evidence |", "|---|---|---|"]
-    lines += [f"| {c.statement} | {'yes' if c.holds else '**no**'} | {c.evidence} |" for c in checks]
-    return "\n".join(lines)
+    """Markdown: each check's verdict and evidence, then the criterion the verdicts follow."""
+    return claims.verdict_table([(c.statement, c.verdict, c.evidence) for c in checks], claim="claim (slides)")
 
 
 def claim_checks(rows: Mapping[str, Sequence[InversionRow]], training_models: Sequence[str], defense_model: str,
                  tolerance: float) -> list[tuple[str, list[ClaimCheck]]]:
     """The slides' claims on the measured ``rows`` (by experiment), each with one check per network tested.
 
-    Training claims read the training rows by ``(model, state)``; the width claims need trained ResNet-18
-    and ResNet-50 rows; a defense "degrades" when the mean PSNR never rises by more than ``tolerance`` dB
-    from one strength to the next and ends below the undefended row (the first).
+    Every verdict follows :data:`fedrepro.claims.CRITERION` on the per-victim values. Training claims read
+    the training rows by ``(model, state)``; the width claims need trained ResNet-18 and ResNet-50 rows; a
+    defense "degrades" when the strongest defense's PSNR is below the undefended row's (the first) by the
+    criterion and no step to a stronger defense rises by more than both Z standard errors and ``tolerance`` dB.
     """
     checks: list[tuple[str, list[ClaimCheck]]] = []
     if "training" in rows:
@@ -778,5 +795,5 @@ def claim_checks(rows: Mapping[str, Sequence[InversionRow]], training_models: Se
 
 
 def claim_scores(checks: Sequence[tuple[str, Sequence[ClaimCheck]]]) -> dict[str, float]:
-    """Each claim's share of the networks on which our numbers agree (1 = all, 0 = none)."""
+    """Each claim's share of the networks on which our numbers confirm it (1 = all, 0 = none)."""
     return {key: sum(c.holds for c in results) / len(results) for key, results in checks}

@@ -1,0 +1,201 @@
+"""When a measured difference confirms a claim: one criterion for every notebook's claim checks.
+
+A claim such as "the untrained network reconstructs better than the trained one" compares two
+settings, each measured on several victims (or, in a sweep, several seeds). A difference of means
+says nothing unless it is large against how much those means would move with other victims, so an
+effect counts only when it clears its standard error by :data:`Z`:
+
+    d = mean(a) − mean(b),   se = √(s_a²/n_a + s_b²/n_b)   (Welch; s² the sample variance, ddof = 1)
+
+    confirmed     when d >  Z·se
+    contradicted  when d < −Z·se
+    inside the spread otherwise, and "no spread" when either side has fewer than 2 values (s² unknown).
+
+The rows of one notebook often share their victims, where a paired test would be more sensitive;
+the unpaired Welch error is used anyway because it is conservative and also applies to the means
+and standard deviations that ``results.json`` keeps (:func:`compare_summary`), where the pairs are lost.
+Z is a normal quantile: with only a few values a side the Student-t one is larger (4.3 at 2 degrees of
+freedom), so a confirmation from 2 or 3 victims is weaker than it reads.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+Z = 2.0
+"""Standard errors an effect must exceed to count (about a 95% two-sided normal interval)."""
+
+CONFIRMED, CONTRADICTED, INSIDE, NO_SPREAD = "confirmed", "contradicted", "inside the spread", "no spread"
+NOT_MONOTONE = "not monotone"
+
+CRITERION = (f"A claim counts as confirmed only when the difference of means exceeds {Z:g} standard errors, "
+             "se = √(s_a²/n_a + s_b²/n_b) with sample variances over victims (or seeds), contradicted when it "
+             f"is below −{Z:g} se, otherwise inside the spread (a spread claim applies it to the log ratio of "
+             "standard deviations); fewer than 2 values on a side give no spread and confirm nothing.")
+"""The criterion in one sentence, for notebooks to print under their claim tables."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """An estimated effect ``difference`` (a − b, positive = the claim's direction) with its standard error.
+
+    ``standard_error`` is NaN when the spread is unknown (fewer than 2 values on a side); ``n_b = 0``
+    marks a fixed reference value rather than a sample (:func:`compare_to`).
+    """
+
+    difference: float
+    standard_error: float
+    n_a: int
+    n_b: int
+
+    @property
+    def verdict(self) -> str:
+        """By :data:`Z`: "confirmed", "contradicted", "inside the spread", or "no spread" without a standard error."""
+        if math.isnan(self.standard_error) or math.isnan(self.difference):
+            return NO_SPREAD
+        if self.difference > Z * self.standard_error:
+            return CONFIRMED
+        if self.difference < -Z * self.standard_error:
+            return CONTRADICTED
+        return INSIDE
+
+    @property
+    def confirmed(self) -> bool:
+        return self.verdict == CONFIRMED
+
+    def estimate(self) -> str:
+        """``+1.23 ± 0.40 (2 se)``: the band printed with two significant digits, the difference to match."""
+        band = Z * self.standard_error
+        if not (math.isfinite(band) and math.isfinite(self.difference)) or band == 0:
+            spread = "no spread" if math.isnan(band) else f"± {band:.2g} ({Z:g} se)"
+            return f"{self.difference:+.3g} ({spread}, n = {self.n_a} vs {self.n_b})"
+        decimals = max(0, 1 - math.floor(math.log10(band)))
+        return f"{self.difference:+.{decimals}f} ± {band:.{decimals}f} ({Z:g} se)"
+
+    def __str__(self) -> str:
+        return f"{self.estimate()}, {self.verdict}"
+
+
+def _sample(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample variance (ddof = 1; NaN below 2 values) and count."""
+    x = np.asarray(values, dtype=float).ravel()
+    if x.size == 0:
+        raise ValueError("no values to compare")
+    return float(x.mean()), float(x.var(ddof=1)) if x.size > 1 else math.nan, int(x.size)
+
+
+def _welch(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
+    return math.sqrt(var_a / n_a + var_b / n_b) if n_a > 1 and n_b > 1 else math.nan
+
+
+def compare(better: Sequence[float], worse: Sequence[float]) -> Comparison:
+    """The claim "``better`` has the larger mean", from the raw values (per victim or per seed)."""
+    mean_a, var_a, n_a = _sample(better)
+    mean_b, var_b, n_b = _sample(worse)
+    return Comparison(mean_a - mean_b, _welch(var_a, n_a, var_b, n_b), n_a, n_b)
+
+
+def compare_summary(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int, *,
+                    ddof_of_std: int) -> Comparison:
+    """:func:`compare` from stored means and standard deviations.
+
+    A std computed with ``ddof`` d is √(SS/(n − d)), so the sample variance is std²·(n − d)/(n − 1):
+    fedrepro's per-victim summaries (:func:`fedrepro.metrics.summarize`, ``np.std``) have d = 0, the
+    sweep's mean ± std over seeds (``statistics.stdev``) d = 1. Required, since the two differ by n/(n − 1).
+    """
+    if ddof_of_std not in (0, 1):
+        raise ValueError(f"ddof_of_std must be 0 (np.std) or 1 (statistics.stdev), got {ddof_of_std!r}")
+    if n_a < 1 or n_b < 1:
+        raise ValueError(f"need at least one value on each side, got n_a = {n_a}, n_b = {n_b}")
+
+    def variance(std: float, n: int) -> float:
+        return std ** 2 * (n - ddof_of_std) / (n - 1) if n > 1 else math.nan
+
+    return Comparison(mean_a - mean_b, _welch(variance(std_a, n_a), n_a, variance(std_b, n_b), n_b), n_a, n_b)
+
+
+def compare_to(values: Sequence[float], reference: float) -> Comparison:
+    """The claim "the mean of ``values`` exceeds the fixed ``reference``": the Welch error with an
+    exactly known second side, se = s/√n."""
+    mean, var, n = _sample(values)
+    return Comparison(mean - reference, math.sqrt(var / n) if n > 1 else math.nan, n, 0)
+
+
+def compare_spread(wider: Sequence[float], narrower: Sequence[float]) -> Comparison:
+    """The claim "``wider`` varies more than ``narrower``", on the log of the ratio of sample stds.
+
+    For normal samples Var(s²) = 2σ⁴/(n − 1), so by the delta method ln s has standard error
+    √(1/(2(n − 1))) whatever σ is; the same criterion then applies to d = ln(s_a/s_b) with
+    se = √(1/(2(n_a − 1)) + 1/(2(n_b − 1))). With 8 victims a side the ratio must exceed e^(Z·0.38) ≈ 2.1.
+    """
+    _, var_a, n_a = _sample(wider)
+    _, var_b, n_b = _sample(narrower)
+    se = math.sqrt(1 / (2 * (n_a - 1)) + 1 / (2 * (n_b - 1))) if n_a > 1 and n_b > 1 else math.nan
+    if math.isnan(se):
+        return Comparison(math.nan, se, n_a, n_b)
+    if var_a == var_b:  # both 0 included: no difference
+        return Comparison(0.0, se, n_a, n_b)
+    with np.errstate(divide="ignore"):
+        return Comparison(0.5 * float(np.log(var_a) - np.log(var_b)), se, n_a, n_b)
+
+
+@dataclass(frozen=True)
+class Trend:
+    """The claim "the mean falls along a sequence of settings" (e.g. stronger and stronger defenses).
+
+    Confirmed when the last mean is below the first by the criterion (``overall``) and no step rises
+    beyond the spread: a step from one setting to the next breaks the trend when the rise exceeds both
+    Z standard errors and ``tolerance`` (in the metric's unit: a rise too small to matter in practice).
+    Verdicts: "no spread", then "contradicted" (last above first by the criterion), "not monotone", or
+    the overall comparison's.
+    """
+
+    overall: Comparison  # first − last
+    steps: tuple[Comparison, ...]  # each setting − the next
+    tolerance: float = 0.0
+
+    def rises(self) -> list[int]:
+        """Indices of the steps that rise beyond the spread and the tolerance."""
+        return [i for i, step in enumerate(self.steps)
+                if step.verdict == CONTRADICTED and -step.difference > self.tolerance]
+
+    @property
+    def verdict(self) -> str:
+        if NO_SPREAD in (self.overall.verdict, *(step.verdict for step in self.steps)):
+            return NO_SPREAD
+        if self.overall.verdict == CONTRADICTED:  # the last setting is clearly the best: more than a wobble
+            return CONTRADICTED
+        return NOT_MONOTONE if self.rises() else self.overall.verdict
+
+    @property
+    def confirmed(self) -> bool:
+        return self.verdict == CONFIRMED
+
+    def __str__(self) -> str:
+        parts = [f"first − last {self.overall.estimate()}"]
+        for i in self.rises():
+            step = self.steps[i]
+            rise = Comparison(-step.difference, step.standard_error, step.n_b, step.n_a)
+            parts.append(f"rise at step {i + 1}: {rise.estimate()}")
+        return ", ".join([*parts, self.verdict])
+
+
+def decreasing(series: Sequence[Sequence[float]], tolerance: float = 0.0) -> Trend:
+    """:class:`Trend` of the values measured at each setting of ``series``, in order."""
+    if len(series) < 2:
+        raise ValueError(f"a trend needs at least two settings, got {len(series)}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be ≥ 0, got {tolerance}")
+    return Trend(compare(series[0], series[-1]), tuple(compare(a, b) for a, b in zip(series, series[1:])), tolerance)
+
+
+def verdict_table(rows: Iterable[tuple[str, str, str]], claim: str = "claim") -> str:
+    """Markdown: one line per ``(claim, verdict, evidence)``, anything but "confirmed" in bold, then
+    :data:`CRITERION`, so that every table states the rule its verdicts follow."""
+    lines = [f"| {claim} | verdict | evidence |", "|---|---|---|"]
+    lines += [f"| {statement} | {verdict if verdict == CONFIRMED else f'**{verdict}**'} | {evidence} |"
+              for statement, verdict, evidence in rows]
+    return "\n".join(lines) + f"\n\n{CRITERION}"

@@ -1,0 +1,183 @@
+"""The claim criterion (fedrepro.claims) and notebook 03's claim checks built on it."""
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from fedrepro import claims
+from fedrepro.claims import (CRITERION, Z, Comparison, Trend, compare, compare_spread, compare_summary, compare_to,
+                             decreasing, verdict_table)
+from fedrepro.papers.p03_inversion import (InversionRow, check_decreasing, check_order, check_recovered, check_spread,
+                                            claim_checks, claim_scores, claims_table)
+
+
+def victims(mean: float, std: float, n: int = 8, seed: int = 0) -> np.ndarray:
+    """``n`` values with exactly this mean and sample std (ddof = 1): a row's per-victim PSNRs."""
+    x = np.random.default_rng(seed).normal(size=n)
+    return mean + std * (x - x.mean()) / x.std(ddof=1)
+
+
+def test_a_difference_far_inside_the_victims_spread_is_not_confirmed():
+    """Issue #19: trained 17.473 dB vs without augmentation 17.479 dB, victims spread ±2.8 dB."""
+    result = compare(victims(17.479, 2.8, seed=1), victims(17.473, 2.8, seed=2))
+    assert result.difference == pytest.approx(0.006)
+    assert result.standard_error == pytest.approx(2.8 * math.sqrt(2 / 8))
+    assert result.verdict == "inside the spread" and not result.confirmed
+
+
+def test_a_clear_effect_is_confirmed_and_its_opposite_contradicted():
+    untrained, trained = victims(22.0, 2.8), victims(17.0, 2.9, seed=3)
+    assert compare(untrained, trained).confirmed
+    assert compare(trained, untrained).verdict == "contradicted"
+    small = compare(victims(1.0, 1.0, n=2), victims(0.0, 1.0, n=2, seed=1))  # 1.0 against 2 se = 2.0
+    assert small.standard_error == pytest.approx(1.0) and small.verdict == "inside the spread"
+
+
+def test_the_welch_standard_error_by_hand():
+    a, b = [1.0, 2.0, 3.0], [0.0, 0.0, 0.5, 1.5]
+    se = math.sqrt(statistics.variance(a) / 3 + statistics.variance(b) / 4)
+    result = compare(a, b)
+    assert result.difference == pytest.approx(2.0 - 0.5) and result.standard_error == pytest.approx(se)
+    assert (result.n_a, result.n_b) == (3, 4)
+    assert Comparison(Z * se, se, 3, 4).verdict == "inside the spread"  # strictly more than Z se
+    assert Comparison(Z * se + 1e-9, se, 3, 4).confirmed
+    assert Comparison(0.5, 0.0, 3, 3).confirmed  # no spread at all on either side: any difference is exact
+
+
+@pytest.mark.parametrize("better, worse", [([20.0], [10.0, 11.0]), ([20.0, 21.0], [10.0]), ([20.0], [10.0])])
+def test_one_value_on_a_side_gives_no_spread(better, worse):
+    result = compare(better, worse)
+    assert math.isnan(result.standard_error) and result.verdict == "no spread" and not result.confirmed
+    assert str(result).endswith("no spread") and f"n = {len(better)} vs {len(worse)}" in str(result)
+    with pytest.raises(ValueError, match="no values"):
+        compare([], worse)
+
+
+def test_the_printed_form_states_the_band_and_the_verdict():
+    assert str(Comparison(1.23, 0.2, 8, 8)) == "+1.23 ± 0.40 (2 se), confirmed"
+    assert str(Comparison(-0.006, 0.006, 8, 8)) == "-0.006 ± 0.012 (2 se), inside the spread"
+    assert str(Comparison(-5.0, 1.4, 8, 8)) == "-5.0 ± 2.8 (2 se), contradicted"
+    assert "2 standard errors" in CRITERION and "sample variances" in CRITERION
+
+
+@pytest.mark.parametrize("n_a, n_b", [(8, 8), (2, 5), (16, 3)])
+def test_compare_summary_agrees_with_compare_under_either_ddof(n_a, n_b):
+    a, b = victims(18.4, 2.9, n_a, seed=4), victims(17.0, 2.8, n_b, seed=5)
+    direct = compare(a, b)
+    from_np = compare_summary(float(np.mean(a)), float(np.std(a)), n_a, float(np.mean(b)), float(np.std(b)), n_b,
+                              ddof_of_std=0)  # fedrepro.metrics.summarize, InversionRow.summary()
+    from_stdev = compare_summary(statistics.mean(a), statistics.stdev(a), n_a, statistics.mean(b),
+                                 statistics.stdev(b), n_b, ddof_of_std=1)  # fedrepro.sweep over seeds
+    for summary in (from_np, from_stdev):
+        assert summary.difference == pytest.approx(direct.difference)
+        assert summary.standard_error == pytest.approx(direct.standard_error)
+        assert summary.verdict == direct.verdict and (summary.n_a, summary.n_b) == (n_a, n_b)
+    mixed_up = compare_summary(float(np.mean(a)), float(np.std(a)), n_a, float(np.mean(b)), float(np.std(b)), n_b,
+                               ddof_of_std=1)
+    assert mixed_up.standard_error < direct.standard_error  # np.std read as a sample std understates the spread
+
+
+def test_compare_summary_refuses_what_it_cannot_convert():
+    assert compare_summary(20.0, 0.0, 1, 10.0, 1.0, 4, ddof_of_std=0).verdict == "no spread"
+    with pytest.raises(ValueError, match="ddof_of_std"):
+        compare_summary(20.0, 1.0, 4, 10.0, 1.0, 4, ddof_of_std=2)
+    with pytest.raises(ValueError, match="at least one value"):
+        compare_summary(20.0, 1.0, 0, 10.0, 1.0, 4, ddof_of_std=0)
+
+
+def test_compare_to_a_fixed_reference():
+    ssim = [0.9, 0.8, 0.85, 0.7]
+    result = compare_to(ssim, 0.5)
+    assert result.difference == pytest.approx(0.3125)
+    assert result.standard_error == pytest.approx(statistics.stdev(ssim) / 2) and result.confirmed
+    assert compare_to([0.6, 0.2], 0.5).verdict == "inside the spread"
+    assert compare_to([0.9], 0.5).verdict == "no spread"
+
+
+def test_spread_ratio_needs_to_clear_the_log_standard_error():
+    base = victims(0.0, 1.0, seed=6)
+    wide = compare_spread(10 + 2.5 * base, base)  # same shape: the ratio is exactly 2.5
+    assert wide.difference == pytest.approx(math.log(2.5))
+    assert wide.standard_error == pytest.approx(math.sqrt(2 / 14)) and wide.confirmed  # needs ratio > e^0.756 ≈ 2.13
+    assert compare_spread(1.5 * base, base).verdict == "inside the spread"
+    assert compare_spread(base, 3 * base).verdict == "contradicted"
+    assert compare_spread(base, np.zeros(8)).confirmed and compare_spread(np.ones(3), np.zeros(3)).difference == 0
+    assert compare_spread([1.0], base).verdict == "no spread"
+
+
+def test_a_decreasing_trend_needs_the_overall_fall_and_no_significant_rise():
+    rows = [victims(m, 0.5, seed=i) for i, m in enumerate([20.0, 15.0, 15.3, 8.0])]
+    trend = decreasing(rows)
+    assert trend.confirmed and trend.rises() == [] and len(trend.steps) == 3  # 0.3 is inside the spread
+    rising = [*rows[:2], victims(17.0, 0.5, seed=9), rows[3]]  # +2.0 dB against 2 se = 0.5 dB
+    assert decreasing(rising).verdict == "not monotone" and decreasing(rising).rises() == [1]
+    assert "rise at step 2: +2.00 ± 0.50 (2 se)" in str(decreasing(rising))
+    assert decreasing(rising, tolerance=2.5).confirmed  # a rise must clear both the spread and the tolerance
+    assert decreasing([rows[0], victims(19.8, 3.0)]).verdict == "inside the spread"
+    assert decreasing([rows[3], rows[0]]).verdict == "contradicted"
+    assert decreasing([rows[0], [12.0], rows[3]]).verdict == "no spread"
+    assert isinstance(trend, Trend) and str(trend).startswith("first − last +12.0")
+    with pytest.raises(ValueError, match="two settings"):
+        decreasing([rows[0]])
+    with pytest.raises(ValueError, match="tolerance"):
+        decreasing(rows, tolerance=-1.0)
+
+
+def test_verdict_table_marks_all_but_confirmed_and_states_the_criterion():
+    table = verdict_table([("a beats b", claims.CONFIRMED, "x"), ("b beats a", claims.INSIDE, "y")])
+    lines = table.splitlines()
+    assert lines[:2] == ["| claim | verdict | evidence |", "|---|---|---|"]
+    assert lines[2] == "| a beats b | confirmed | x |" and lines[3] == "| b beats a | **inside the spread** | y |"
+    assert lines[-1] == CRITERION
+
+
+# --- notebook 03's checks on synthetic rows --------------------------------------------------------
+
+def row(setting: str, psnr, ssim=None, model: str | None = None) -> InversionRow:
+    psnr = np.asarray(psnr, dtype=float)
+    ssim = np.full(len(psnr), 0.1) if ssim is None else np.asarray(ssim, dtype=float)
+    image = torch.zeros(len(psnr), 3, 4, 4)
+    return InversionRow("e", setting, image, image, 10 ** (-psnr / 10), psnr, ssim, np.zeros(len(psnr)), 0.0,
+                        {} if model is None else {"model": model})
+
+
+def test_p03_augmentation_claim_of_the_issue_is_no_longer_confirmed():
+    trained = row("cnn: trained", victims(17.473, 2.8, seed=1), model="cnn")
+    plain = row("cnn: trained, no augmentation", victims(17.479, 2.9, seed=2), model="cnn")
+    check = check_order("claim/augmentation_hurts", "without augmentation better", plain, trained)
+    assert not check.holds and check.verdict == "inside the spread"
+    assert "17.5 vs" in check.evidence and "(2 se)" in check.evidence
+    rows = {"training": [row("cnn: untrained", victims(22.0, 2.8, seed=3), victims(0.85, 0.08), "cnn"),
+                         row("cnn: partially trained", victims(18.6, 2.8, seed=4), model="cnn"), trained, plain]}
+    scores = claim_scores(claim_checks(rows, ["cnn"], "cnn", tolerance=0.5))
+    assert scores == {"claim/recovery": 1.0, "claim/untrained_beats_trained": 1.0,
+                      "claim/untrained_beats_partially_trained": 1.0, "claim/augmentation_hurts": 0.0}
+
+
+def test_p03_checks_follow_the_criterion():
+    good, bad = row("good", victims(22.0, 1.0)), row("bad", victims(15.0, 1.0, seed=1))
+    assert check_order("k", "good beats bad", good, bad).holds
+    assert check_order("k", "bad beats good", bad, good).verdict == "contradicted"
+    assert check_order("k", "one victim", row("a", [30.0]), row("b", [10.0])).verdict == "no spread"
+    assert check_recovered("k", "recovered", row("r", [20, 21, 22], [0.9, 0.8, 0.85])).holds
+    half = check_recovered("k", "recovered", row("r", [20, 10], [0.6, 0.2]))  # one victim above 0.5 is not enough
+    assert half.verdict == "inside the spread"
+    assert "ASR 0.50" in half.evidence
+    wide = check_spread("k", "wide varies more", row("wide", victims(14.0, 3.0)), row("narrow", victims(11.0, 1.0)))
+    assert wide.holds and "ratio 3" in wide.evidence
+    assert not check_spread("k", "similar", row("a", victims(14.0, 1.3)), row("b", victims(11.0, 1.0))).holds
+    strengths = [row(s, victims(m, 1.0, seed=i)) for i, (s, m) in enumerate(
+        [("none", 17.0), ("25%", 17.6), ("50%", 16.1), ("75%", 12.8)])]
+    falls = check_decreasing("k", "degrades", strengths, tolerance=0.5)
+    assert falls.holds and "first − last +4.2" in falls.evidence  # +0.6 dB at 25% is inside the spread
+    jump = strengths[:1] + [row("25%", victims(21.0, 1.0))] + strengths[2:]
+    broken = check_decreasing("k", "degrades", jump, tolerance=0.5)
+    assert broken.verdict == "not monotone" and "none → 25% rises 4" in broken.evidence
+    with pytest.raises(ValueError, match="two settings"):
+        check_decreasing("k", "degrades", strengths[:1])
+    table = claims_table([falls, broken])
+    assert "| degrades | confirmed |" in table and "**not monotone**" in table and table.endswith(CRITERION)
