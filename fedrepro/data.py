@@ -186,10 +186,12 @@ def _cached_or_decoded(name: str, split: str, base: Path, download: bool) -> tup
             return blob["images"], blob["labels"], meta["classes"]
     images, labels, classes = _decode(name, split, base, download)
     tensor_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tensor_path.with_suffix(".tmp")
+    tmp = tensor_path.with_suffix(f".{os.getpid()}.tmp")  # notebooks run side by side may build it at once
     torch.save({"images": images, "labels": labels}, tmp)
     tmp.replace(tensor_path)
-    meta_path.write_text(json.dumps({"format": CACHE_FORMAT, "sha256": _sha256(tensor_path), "classes": classes}))
+    tmp_meta = meta_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp_meta.write_text(json.dumps({"format": CACHE_FORMAT, "sha256": _sha256(tensor_path), "classes": classes}))
+    tmp_meta.replace(meta_path)
     return images, labels, classes
 
 

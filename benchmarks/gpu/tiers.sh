@@ -3,9 +3,11 @@
 # ".data"], timeout_s=...)), after benchmarks/gpu/prepare.sh here. The CUDA tests and the six notebooks run
 # side by side, each a process of its own on the one GPU (the small models leave it mostly idle, and the
 # machine has 16 cores), each cut at LIMIT seconds; papermill saves the executed notebook after every cell, so
-# a notebook cut short still returns what it computed. What comes back is at most 8 files: steps.txt, env.txt
-# and one archive per notebook (the executed notebook, results.json, the log) plus the tests' and the GPU log's.
+# a notebook cut short still returns what it computed. What comes back is at most 8 files: steps.txt, one
+# archive per notebook (the executed notebook, results.json, the log) and tests.tar.gz (versions, CUDA tests,
+# GPU use, benchmarks). The data cache is built once first, so the notebooks do not all decode the images.
 #   LIMIT (default 360): seconds per notebook;  ONLY (default all): e.g. "02 04" reruns some notebooks;
+#   EXTRA_<nb>: more arguments for one notebook's run (e.g. EXTRA_04="-f part.yaml"); TESTS_LIMIT (150);
 #   DEADLINE (default 450): seconds after the start by which the benchmarks that follow on the then idle GPU
 #   (inversion, FedAvg, DP-SGD overhead, each at most 60 s) must end; those that do not fit are skipped.
 set -uo pipefail
@@ -16,10 +18,12 @@ step env 30 bash -c 'nvidia-smi; python3 -c "import torch; print(\"torch\", torc
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$OUT/gpu_use.log" 2>&1 &
 monitor=$!
 mkdir -p "$OUT/runs"
-step cuda_tests 150 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py &
+step data_cache 120 python3 -c "from fedrepro.data import load_dataset as d; [d(n, s) for n in ('cifar10', 'mnist') for s in ('train', 'test')]"
+step cuda_tests "${TESTS_LIMIT:-150}" python3 -m pytest -v --timeout 60 -m cuda -p no:cacheprovider tests/test_cuda.py &
 for nb in $ONLY; do
+  extra="EXTRA_$nb"  # e.g. EXTRA_04="-f /tmp/part.yaml": a parameter file that narrows one notebook's run
   step "runs/$nb" "$LIMIT" python3 -c "import sys; from fedrepro.cli import main; sys.exit(main(sys.argv[1:]))" \
-    run "$nb" --tier gpu --out "$OUT/runs/$nb" &
+    run "$nb" --tier gpu ${!extra:-} --out "$OUT/runs/$nb" &
 done
 wait $(jobs -p | grep -v "^$monitor$")
 kill "$monitor" 2>/dev/null
@@ -34,5 +38,6 @@ bench bench_fedavg python3 benchmarks/fedavg_speed.py --device cuda --rounds 3 -
 cd "$OUT" && for nb in $ONLY; do
   tar czf "nb$nb.tar.gz" -C runs "$nb" "$nb.txt" 2>/dev/null
 done
-tar czf tests.tar.gz cuda_tests.txt gpu_use.log bench_*.txt 2>/dev/null; rm -rf runs cuda_tests.txt gpu_use.log bench_*.txt
+tar czf tests.tar.gz env.txt data_cache.txt cuda_tests.txt gpu_use.log bench_*.txt 2>/dev/null
+rm -rf runs env.txt data_cache.txt cuda_tests.txt gpu_use.log bench_*.txt
 ls -la "$OUT"; cat "$OUT/steps.txt"

@@ -141,6 +141,8 @@ def fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = EPS, st
     require_float(model)
     import torchattacks
 
+    home = x.device  # images may live on the CPU beside a model on the GPU (int8 twins run on the CPU)
+    x, y = x.to(model_device(model)), y.to(model_device(model))
     if num_classes is None:
         with torch.no_grad(), eval_mode(model):
             num_classes = model(x[:1]).shape[1]
@@ -149,7 +151,7 @@ def fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = EPS, st
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), attack_mode(model):
         adv = attack(x.detach().contiguous(), y)  # torchattacks .view()s the images: channels-last fails
-    return adv.detach().to(x.device)
+    return adv.detach().to(home)
 
 
 @dataclass(frozen=True)
