@@ -10,8 +10,8 @@ import yaml
 from fedrepro.cli import main
 from fedrepro.papers import p03_inversion as inversion, p04_cvb as cvb, p05_ats as ats
 from fedrepro.validation import names
-from fedrepro.runner import (ParameterError, find_notebook, list_notebooks, notebook_parameters,
-                             tier_parameters, validate_parameters)
+from fedrepro.runner import (ParameterError, check_ranges, find_notebook, list_notebooks, notebook_parameters,
+                             parse_cli_value, tier_parameters, validate_parameters)
 from fedrepro.sweep import SweepSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -226,3 +226,32 @@ def test_a_configured_but_unrun_section_is_found():
         "transfer_dataset configures table4, which tables ['table1'] leaves out"]
     with pytest.raises(AssertionError, match="table7_rows names a section 'table7'"):
         unrun_sections("04_cvb", {"tables": ["I"], "table7_rows": 3})
+
+
+def header_overrides(path: Path) -> list[dict]:
+    """The ``-p NAME VALUE`` overrides a tier file's header comment shows: one set per ``fedrepro run`` command
+    (its continuation lines included) and one per quoted `` `-p NAME VALUE` ``."""
+    header = " ".join(line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#"))
+    commands = re.findall(r"fedrepro run \S+ --tier \S+((?:\s+(?:-p \S+ \S+|--out \S+))*)", header)
+    commands += re.findall(r"`(-p \S+ [^`]+)`", header)
+    return [{name: parse_cli_value(value, name) for name, value in re.findall(r"-p (\S+) (\S+)", command)}
+            for command in commands]
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (REPO / "parameters").glob("[0-9][0-9]_*/*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_overrides_a_tier_header_shows_are_valid(path):
+    """A command a header tells readers to run must pass the CLI's checks (``-p delta 1e-4`` once did not:
+    YAML 1.1 reads 1e-4 as a string)."""
+    notebook = REPO / "notebooks" / f"{path.parent.name}.ipynb"
+    for overrides in header_overrides(path):
+        values = tier_parameters(notebook, path.stem) | overrides
+        validate_parameters(notebook, values)
+        check_ranges(notebook, values)
+
+
+def test_header_overrides_are_found(tmp_path):
+    header = tmp_path / "paper.yaml"
+    header.write_text("# run: fedrepro run 01 --tier paper -p model_name resnet18\n#      -p delta 0.0001 --out x\n"
+                      "# or `-p restarts 1`; not fedrepro run at 55aacc9\ntier: paper\n")
+    assert header_overrides(header) == [{"model_name": "resnet18", "delta": 0.0001}, {"restarts": 1}]
