@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from fedrepro.data import ClientSplit, ImageDataset
 from fedrepro.runtime import derive_seed, generator, get_device
+from fedrepro.validation import parsed
 
 
 def model_loss(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -43,6 +44,63 @@ def model_loss(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) ->
     return loss
 
 
+LR_SCHEDULE_EXAMPLE = "'constant', 'cosine' or 'multistep:<round>,...:<gamma>' such as 'multistep:75,125,176:0.1'"
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """How the clients' learning rate changes from round to round: round ``r`` (1-based) trains at
+    ``lr · factor(r, rounds)``.
+
+    Written as a string so that a notebook parameter, a tier YAML or a sweep can set it:
+
+    * ``constant``: every round at ``lr``;
+    * ``multistep:<r1>,<r2>,...:<gamma>``: multiplied by ``gamma`` from each listed round on
+      (``multistep:75,125,176:0.1`` is torch's ``MultiStepLR(milestones=[74, 124, 175])`` stepped once
+      per epoch, with round ``r`` as epoch ``r - 1``);
+    * ``cosine``: ``lr · ½(1 + cos(π (r - 1) / rounds))``, torch's ``CosineAnnealingLR(T_max=rounds)``
+      to 0, again with round ``r`` as epoch ``r - 1``.
+
+    Per round, not per local step, because a client's optimizer lives for one round (it is built fresh at
+    that round's rate): with one local epoch per round, round ``r`` plays epoch ``r - 1`` of the
+    centralised schedule a paper states in epochs.
+    """
+
+    kind: str = "constant"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str) -> "LRSchedule":
+        """``"constant"``, ``"cosine"`` or ``"multistep:75,125,176:0.1"``; a ValueError says what is wrong."""
+        kind, _, rest = spec.partition(":")
+        if kind in ("constant", "cosine"):
+            if rest:
+                raise ValueError(f"{kind} takes no arguments")
+            return cls(kind)
+        if kind != "multistep":
+            raise ValueError(f"unknown schedule {kind!r}; expected {LR_SCHEDULE_EXAMPLE}")
+        rounds, separator, gamma = rest.partition(":")
+        try:
+            milestones = tuple(int(r) for r in rounds.split(","))
+            factor = float(gamma)
+        except ValueError:
+            raise ValueError(f"expected {LR_SCHEDULE_EXAMPLE}") from None
+        if not separator or any(m < 1 for m in milestones) or list(milestones) != sorted(set(milestones)):
+            raise ValueError("multistep needs increasing rounds ≥ 1 and a factor, e.g. 'multistep:75,125,176:0.1'")
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"multistep's factor must be a finite number > 0, got {gamma}")
+        return cls(kind, milestones, factor)
+
+    def factor(self, round_: int, rounds: int) -> float:
+        """The multiplier of the base learning rate in round ``round_`` (1-based) of ``rounds``."""
+        if self.kind == "multistep":
+            return self.gamma ** sum(m <= round_ for m in self.milestones)
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * (round_ - 1) / rounds))
+        return 1.0
+
+
 @dataclass
 class FedAvgConfig:
     """A FedAvg run. Defaults are paper 04's protocol (Adam 1e-3, batch 64, 1 local epoch)."""
@@ -52,6 +110,7 @@ class FedAvgConfig:
     client_fraction: float = 1.0
     optimizer: str = "adam"
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # the clients' learning rate per round; see LRSchedule
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int = 64
@@ -73,6 +132,11 @@ class FedAvgConfig:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+        parsed("lr_schedule", self.lr_schedule, LRSchedule.parse, LR_SCHEDULE_EXAMPLE)
+
+    def round_lr(self, round_: int) -> float:
+        """The clients' learning rate in ``round_`` (1-based): ``lr`` times the schedule's factor."""
+        return self.lr * LRSchedule.parse(self.lr_schedule).factor(round_, self.rounds)  # x * 1.0 is x, bit for bit
 
 
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], FedAvgConfig], torch.optim.Optimizer]] = {
@@ -80,6 +144,14 @@ OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], FedAvgConfig], torch.optim.O
                                                fused=_fusable(params)),
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
 }
+
+
+def round_optimizer(params: list[nn.Parameter], config: FedAvgConfig, round_: int) -> torch.optim.Optimizer:
+    """A client's fresh optimizer for ``round_``, at that round's scheduled learning rate."""
+    optimizer = OPTIMIZERS[config.optimizer](params, config)
+    for group in optimizer.param_groups:
+        group["lr"] = config.round_lr(round_)
+    return optimizer
 
 
 def _fusable(params: list[nn.Parameter]) -> bool | None:
@@ -143,7 +215,7 @@ class StandardTrainer:
     stateless: bool = True
 
     def __call__(self, model: nn.Module, data: ClientData, config: FedAvgConfig, round_: int) -> dict[str, float]:
-        optimizer = OPTIMIZERS[config.optimizer](list(model.parameters()), config)
+        optimizer = round_optimizer(list(model.parameters()), config, round_)
         model.train()
         total, count = 0.0, 0
         for epoch in range(config.local_epochs):

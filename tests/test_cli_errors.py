@@ -67,6 +67,7 @@ CASES = [  # (argv, a fragment the message must hold)
     (["run", "04", "-p", "victims", "0"], "victims = 0 is invalid"),
     (["run", "04", "-p", "table4_defenses", "[dropout]"], "dropout"),
     (["run", "05", "-p", "dataset", "imagenet-xl"], "dataset = 'imagenet-xl' is invalid"),
+    (["run", "05", "-p", "lr_schedule", "multistep:30"], "lr_schedule = 'multistep:30' is invalid: expected"),
     (["run", "03", "-p", "experiments", "[trainnig]"], "trainnig"),
     (["run", "00", "-f", "{missing}"], "does not exist"),
     (["run", "00", "-f", "{bad_yaml}"], "bad_yaml.yaml, line 2, column 1: not valid YAML"),

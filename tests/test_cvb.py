@@ -99,6 +99,10 @@ def test_table_i_subsets_on_precode_at_p2():
     assert ignored_parameters(model, "classifier") == ["layers.fc.weight", "layers.fc.bias"]
     assert ignored_parameters(model, "after_decoder") == ["layers.conv3.weight", "layers.conv3.bias",
                                                                "layers.fc.weight", "layers.fc.bias"]
+    assert ignored_parameters(model, "between") == ["layers.conv3.weight", "layers.conv3.bias"]
+    assert [len(subsets) for subsets in cvb.TABLE_I.values()] == [4, 6]  # the paper's rows with PRECODE
+    with pytest.raises(ValueError, match="no layer between its decoder"):  # at P = 3 there is none
+        ignored_parameters(cvb.build_defended_model("cnn", "precode:P3"), "between")
     assert matched_layers(model, "decoder_and_after") == ("layers.conv1.weight", "layers.conv1.bias",
                                                               "layers.conv2.weight", "layers.conv2.bias",
                                                               "layers.relu2.1.encoder.weight")
@@ -347,6 +351,19 @@ class FakeStudy:
     def parameters(self, model_name, defense, dataset="cifar10"):
         self.calls.append((model_name, defense))
         return {"defense": defense, "parameters": 100, "added": 10, "percent": 150.0 if "precode" in defense else 9.9}
+
+
+def test_table_i_has_the_papers_rows_and_names_each_dropped_subset():
+    class RowStudy:
+        def row(self, dataset, model_name, defense, ignore="auto", accuracy=True, label=None):
+            return {"defense": defense, "ignore": ignore, "label": label}
+
+    rows = cvb.table_i(RowStudy())
+    assert len(rows) == 1 + 4 + 6  # the undefended CNN, then the paper's PRECODE rows at P = 3 and P = 2
+    assert [(r["defense"], r["ignore"]) for r in rows[-6:]] == [
+        ("precode:P2", s) for s in ("none", "decoder", "classifier", "between", "after_decoder", "decoder_and_after")]
+    assert rows[-3]["label"] == "PRECODE P = 2: dropping layers between decoder and classifier"
+    assert rows[-2]["label"] == "PRECODE P = 2: dropping after decoder"  # the other rows read as before
 
 
 def test_figures_7_and_10_ask_for_each_setting_in_the_papers_order():

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import re
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedrepro.data import ImageDataset, federated_split
-from fedrepro.fl import FedAvgConfig, aggregate, batch_order, model_loss, run_fedavg
+from fedrepro.fl import FedAvgConfig, LRSchedule, aggregate, batch_order, model_loss, run_fedavg
 
 
 def toy_dataset(n: int = 120, seed: int = 0) -> ImageDataset:
@@ -114,6 +116,73 @@ def test_config_rejects_nonsense():
         FedAvgConfig(optimizer="lion")
     with pytest.raises(ValueError, match="client_fraction"):
         FedAvgConfig(client_fraction=0)
+
+
+def _rates(spec: str, rounds: int = 6, lr: float = 0.1) -> list[float]:
+    config = FedAvgConfig(rounds=rounds, lr=lr, lr_schedule=spec)
+    return [config.round_lr(r) for r in range(1, rounds + 1)]
+
+
+def _torch_rates(make_scheduler, epochs: int, lr: float = 0.1) -> list[float]:
+    """The learning rate of each epoch under a torch scheduler stepped once per epoch."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler, rates = make_scheduler(optimizer), []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_lr_schedule_gives_each_round_its_rate_exactly():
+    assert _rates("constant") == [0.1] * 6
+    assert _rates("multistep:3,5:0.5") == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    assert _rates("multistep:9:0.5") == [0.1] * 6  # a milestone after the last round never applies
+    cosine = _rates("cosine", rounds=4)
+    assert cosine == [0.1, 0.1 * 0.5 * (1 + math.cos(math.pi / 4)), 0.05, 0.1 * 0.5 * (1 + math.cos(3 * math.pi / 4))]
+    # round r is epoch r - 1 of torch's schedulers
+    assert _rates("multistep:3,5:0.5") == pytest.approx(
+        _torch_rates(lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[2, 4], gamma=0.5), 6), rel=1e-12)
+    assert cosine == pytest.approx(
+        _torch_rates(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=4), 4), rel=1e-12)
+    assert LRSchedule.parse("multistep:75,125,176:0.1") == LRSchedule("multistep", (75, 125, 176), 0.1)
+
+
+@pytest.mark.parametrize("spec, rates", [("constant", [0.1, 0.1, 0.1]), ("multistep:2,3:0.5", [0.1, 0.05, 0.025])])
+def test_fedavg_trains_round_r_at_its_scheduled_rate_bit_for_bit(spec, rates):
+    """One client, fresh SGD with momentum each round: FedAvg equals plain training at each round's rate
+    exactly, so the constant schedule (the default) leaves every run as it was."""
+    train, test = toy_dataset(), toy_dataset(30, seed=1)
+    splits = federated_split(train.labels, 1, seed=3, val_fraction=0.0)
+    config = FedAvgConfig(rounds=3, optimizer="sgd", lr=0.1, momentum=0.9, batch_size=16, seed=3, lr_schedule=spec,
+                          workers=1)
+    result = run_fedavg(toy_model(), train, test, splits, config, progress=False)
+
+    plain = toy_model()
+    x, y = train.tensors()
+    x, y = x[splits[0].train], y[splits[0].train]
+    for round_, lr in enumerate(rates, 1):
+        optimizer = torch.optim.SGD(plain.parameters(), lr=lr, momentum=0.9)
+        for index in batch_order(len(y), 16, 3, round_, 0, 0):
+            optimizer.zero_grad()
+            F.cross_entropy(plain(x[index]), y[index]).backward()
+            optimizer.step()
+    assert all(torch.equal(fed, ref) for fed, ref in zip(result.model.parameters(), plain.parameters()))
+
+
+@pytest.mark.parametrize("spec, reason", [
+    ("step:30:0.1", "unknown schedule 'step'; expected 'constant', 'cosine' or 'multistep:"),
+    ("multistep:30", "expected 'constant', 'cosine' or 'multistep:"),
+    ("multistep:5,3:0.1", "multistep needs increasing rounds ≥ 1 and a factor"),
+    ("multistep:0:0.1", "multistep needs increasing rounds ≥ 1 and a factor"),
+    ("multistep:30:0", "multistep's factor must be a finite number > 0, got 0"),
+    ("multistep:30:nan", "multistep's factor must be a finite number > 0, got nan"),
+    ("cosine:10", "cosine takes no arguments"),
+    (0.1, "expected 'constant', 'cosine' or 'multistep:"),
+])
+def test_a_bad_lr_schedule_is_refused_naming_it_and_why(spec, reason):
+    with pytest.raises(ValueError, match=f"^lr_schedule = {re.escape(repr(spec))} is invalid: {re.escape(reason)}"):
+        FedAvgConfig(lr_schedule=spec)
 
 
 def test_parallel_workers_match_sequential_training():

@@ -74,6 +74,9 @@ def test_parameters_are_validated_and_written_whole():
     assert set(written) == {f.name for f in dataclasses.fields(ats.ATSParameters)} and written["c_max"] == 4
     config = params.fedavg_config()
     assert (config.rounds, config.optimizer, config.momentum, config.workers) == (1, "sgd", 0.9, 1)
+    assert config.lr_schedule == "constant" and params.figure2_iterations == params.attack_iterations == 10
+    assert ats.ATSParameters(figure2_attack_iterations=25).figure2_iterations == 25
+    assert ats.ATSParameters(lr_schedule="cosine").fedavg_config().lr_schedule == "cosine"
     bad = [({"archs": ["vgg"]}, r"archs\[0\] = 'vgg' is invalid: choose one of resnet20, convnet$"),
            ({"archs": []}, r"archs = \[\] is invalid: expected a non-empty list of names"),
            ({"tables": ["tabel1"]}, r"tables\[0\] = 'tabel1' is invalid: choose one of "),
@@ -87,6 +90,9 @@ def test_parameters_are_validated_and_written_whole():
            ({"table3_defenses": [["prune"]]}, r"table3_defenses\[0\] = \['prune'\] is invalid: expected a \[kind"),
            ({"published_policies": ["3-1-99"]}, "outside"),
            ({"attack_iterations": 0}, r"attack_iterations = 0 is invalid: expected an integer ≥ 1, or None$"),
+           ({"figure2_attack_iterations": 0},
+            r"figure2_attack_iterations = 0 is invalid: expected an integer ≥ 1, or None$"),
+           ({"lr_schedule": "step:30:0.1"}, r"^lr_schedule = 'step:30:0.1' is invalid: unknown schedule 'step'"),
            ({"momentum": 1.0}, r"momentum = 1.0 is invalid: expected a number in \[0, 1\)$"),
            ({"t_acc_per_image": 1.0}, r"t_acc_per_image = 1.0 is invalid: expected a number ≤ 0$")]
     for change, message in bad:
@@ -121,6 +127,35 @@ def test_every_tier_and_sweep_point_of_notebook_05_validates():
     tier = yaml.safe_load((root / "05_transformation_search" / f"{sweep['tier']}.yaml").read_text())
     for values in itertools.product(*sweep["grid"].values()):
         ats.ATSParameters(**{**defaults, **tier, **dict(zip(sweep["grid"], values))})
+
+
+def _tier(name: str) -> ats.ATSParameters:
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).parent.parent / "parameters" / "05_transformation_search" / f"{name}.yaml"
+    return ats.ATSParameters(**{**_notebook_parameters(), **yaml.safe_load(path.read_text())})
+
+
+def test_paper_tier_trains_with_the_reference_codes_schedule_and_figure_2s_attack_length():
+    """The reference trains with inversefed's "conservative" recipe: MultiStepLR ×0.1 at epochs
+    epochs // 2.667, // 1.6, // 1.142, stepped once per epoch; round r is epoch r - 1."""
+    paper = _tier("paper")
+    config = paper.fedavg_config()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=paper.lr)
+    milestones = [int(paper.rounds // f) for f in (2.667, 1.6, 1.142)]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    reference = []
+    for _ in range(paper.rounds):
+        reference.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert milestones == [74, 124, 175] and (paper.rounds, paper.lr, paper.momentum) == (200, 0.1, 0.9)
+    assert [config.round_lr(r) for r in range(1, paper.rounds + 1)] == pytest.approx(reference, rel=1e-12)
+    assert paper.figure2_iterations == 2500 and paper.attack_iterations is None  # others keep their presets
+    quick = _tier("quick")
+    assert quick.lr_schedule == "constant" and quick.figure2_iterations == quick.attack_iterations == 300
 
 
 def test_library_summary_lists_the_papers_lowest_operations():
@@ -189,6 +224,9 @@ def test_rows_cache_training_and_attacks():
     assert rows.attacked("3-1-7") is attack and len(rows.models) == 1
     rows.attacked("3", model_policy="3-1-7")
     assert len(rows.models) == 1 and len(rows.attacks) == 2
+    assert rows.attacked("3-1-7", iterations=2) is attack  # the rows' own length
+    longer = rows.attacked("3-1-7", iterations=3)
+    assert longer is not attack and len(rows.attacks) == 3 and len(rows.models) == 1
 
 
 def _federated(channels: int, seed: int) -> FederatedData:
@@ -201,7 +239,8 @@ def test_study_runs_every_section_and_records_the_papers_keys(tmp_path):
     params = ats.ATSParameters(
         dataset="cifar10", convnet_width=2, num_clients=2, rounds=1, batch_size=8, semi_fraction=0.5, semi_epochs=1,
         spri_points=3, sacc_runs=1, c_max=3, figure5_operations=6, victims=1, attack_iterations=2, random_policies=1,
-        figure2_policies=2, table2_attacks=["ats_adam_cosine"], table3_defenses=[["prune", 0.7]],
+        figure2_policies=2, figure2_attack_iterations=3, table2_attacks=["ats_adam_cosine"],
+        table3_defenses=[["prune", 0.7]],
         published_policies=["3-1-7"], results_dir=str(tmp_path))
     report = Report("05_transformation_search", paper="05", tier="smoke", parameters=dataclasses.asdict(params))
     study = ats.ATSStudy(params, report, data=_federated(3, 0), transfer=_federated(1, 1))
@@ -213,6 +252,9 @@ def test_study_runs_every_section_and_records_the_papers_keys(tmp_path):
     assert "**Table 1, cifar10, convnet**" in study.table1()
     assert len(study.figure4()) == 1
     study.figure2()
+    figure2 = next(row for row in report.rows if row["key"] == ats.PEARSON_KEY)
+    assert "3 attack iterations" in figure2["setting"]
+    assert {key[-1] for key in study.rows["convnet"].attacks} == {2, 3}  # Figure 2's attacks only are longer
     assert "ats_adam_cosine" in study.table2()
     assert "prune-0.70" in study.table3()
     _, table4 = study.table4()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,8 @@ import yaml
 from fedrepro.cli import main
 from fedrepro.papers import p03_inversion as inversion, p04_cvb as cvb, p05_ats as ats
 from fedrepro.validation import names
-from fedrepro.runner import (ParameterError, find_notebook, list_notebooks, notebook_parameters,
-                             tier_parameters, validate_parameters)
+from fedrepro.runner import (ParameterError, check_ranges, find_notebook, list_notebooks, notebook_parameters,
+                             parse_cli_value, tier_parameters, validate_parameters)
 from fedrepro.sweep import SweepSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,3 +145,113 @@ def test_every_tier_and_sweep_names_known_sections(name):
     assert chosen, f"no parameter set of {name} names its {parameter}"
     for sections in chosen:
         names(parameter, sections, allowed)  # raises on an unknown name
+
+
+#: Parameters of a section that do not start with its name (``multistep_lrs``, ``training_models``, ``table2_attacks``
+#: and ``figure2_policies`` do), with the sections (any one of them) that use them.
+SECTION_OF = {
+    "03_inversion": {"no_augmentation_models": ("training",), "defense_model": ("noise", "pruning"),
+                     "defense_state": ("noise", "pruning")},
+    "04_cvb": {"grid_images": ("II", "V")},
+    "05_transformation_search": {"random_policies": ("table1",), "published_policies": ("table1",),
+                                 "transfer_dataset": ("table4",)},
+}
+ROMAN = ("", "I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X")  # notebook 04's table names
+
+
+def sections_of(notebook: str, parameter: str) -> tuple[str, ...]:
+    """The sections ``parameter`` configures (any one running uses it), or () for a shared parameter.
+
+    A prefix ``table<N>_`` or ``figure<N>_`` names a section, also as notebook 04 spells them (``IV``, ``fig9``); a
+    prefix that is a section name (``multistep_``) names that section."""
+    allowed = SECTION_LISTS[notebook][1]
+    if parameter in SECTION_OF.get(notebook, {}):
+        return SECTION_OF[notebook][parameter]
+    prefix = parameter.split("_")[0]
+    numbered = re.fullmatch(r"(table|figure)(\d+)", prefix)
+    if numbered:
+        kind, number = numbered.groups()
+        spellings = {prefix, ROMAN[int(number)] if kind == "table" else f"fig{number}"}
+        found = tuple(s for s in allowed if s in spellings)
+        assert found, f"{notebook}: {parameter} names a section {prefix!r} that is not one of {', '.join(allowed)}"
+        return found
+    return (prefix,) if prefix in allowed and parameter != SECTION_LISTS[notebook][0] else ()
+
+
+def unrun_sections(notebook: str, values: dict) -> list[str]:
+    """The parameters ``values`` sets for a section its own selector list (``experiments``/``tables``) leaves out."""
+    selector = SECTION_LISTS[notebook][0]
+    chosen = set(values[selector])
+    return [f"{name} configures {' or '.join(sections)}, which {selector} {sorted(chosen)} leaves out"
+            for name in values if (sections := sections_of(notebook, name)) and not chosen & set(sections)]
+
+
+def test_every_notebook_with_a_section_list_is_known():
+    """A new notebook with ``experiments`` or ``tables`` must be listed above, or its tiers go unchecked."""
+    with_lists = {nb.stem for nb in NOTEBOOKS if {"experiments", "tables"} & set(notebook_parameters(nb))}
+    assert with_lists == set(SECTION_LISTS)
+
+
+TIER_FILES = [path for name in sorted(SECTION_LISTS) for path in sorted((REPO / "parameters" / name).glob("*.yaml"))
+              if path.stem != "smoke"]
+
+
+@pytest.mark.parametrize("path", TIER_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_each_tier_runs_the_sections_it_configures(path):
+    """A tier file (quick, paper, a future gpu.yaml) that sets a section's parameters but leaves the section out
+    of its selector list would skip that section silently (paper.yaml of 03 once configured multistep_* without
+    running it)."""
+    name = path.parent.name
+    selector = SECTION_LISTS[name][0]
+    tier = yaml.safe_load(path.read_text())
+    default = notebook_parameters(REPO / "notebooks" / f"{name}.ipynb")[selector]  # a file may keep the default list
+    assert unrun_sections(name, {selector: default} | tier) == []
+
+
+def test_a_configured_but_unrun_section_is_found():
+    old_03_paper = {"experiments": ["training", "architectures", "noise", "pruning"], "architectures": ["resnet18"],
+                    "multistep_model": "resnet18", "multistep_steps": [1, 5], "restarts": 8}
+    assert unrun_sections("03_inversion", old_03_paper) == [
+        "multistep_model configures multistep, which experiments ['architectures', 'noise', 'pruning', 'training'] "
+        "leaves out",
+        "multistep_steps configures multistep, which experiments ['architectures', 'noise', 'pruning', 'training'] "
+        "leaves out"]
+    assert unrun_sections("04_cvb", {"tables": ["I", "II"], "table3_attacks": ["ig"], "figure9_panels": ["P"],
+                                     "grid_images": 4}) == [
+        "table3_attacks configures III, which tables ['I', 'II'] leaves out",
+        "figure9_panels configures fig9, which tables ['I', 'II'] leaves out"]
+    assert unrun_sections("05_transformation_search", {"tables": ["table1"], "figure2_attack_iterations": 2500,
+                                                        "transfer_dataset": "mnist"}) == [
+        "figure2_attack_iterations configures figure2, which tables ['table1'] leaves out",
+        "transfer_dataset configures table4, which tables ['table1'] leaves out"]
+    with pytest.raises(AssertionError, match="table7_rows names a section 'table7'"):
+        unrun_sections("04_cvb", {"tables": ["I"], "table7_rows": 3})
+
+
+def header_overrides(path: Path) -> list[dict]:
+    """The ``-p NAME VALUE`` overrides a tier file's header comment shows: one set per ``fedrepro run`` command
+    (its continuation lines included) and one per quoted `` `-p NAME VALUE` ``."""
+    header = " ".join(line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#"))
+    commands = re.findall(r"fedrepro run \S+ --tier \S+((?:\s+(?:-p \S+ \S+|--out \S+))*)", header)
+    commands += re.findall(r"`(-p \S+ [^`]+)`", header)
+    return [{name: parse_cli_value(value, name) for name, value in re.findall(r"-p (\S+) (\S+)", command)}
+            for command in commands]
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (REPO / "parameters").glob("[0-9][0-9]_*/*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_overrides_a_tier_header_shows_are_valid(path):
+    """A command a header tells readers to run must pass the CLI's checks (``-p delta 1e-4`` once did not:
+    YAML 1.1 reads 1e-4 as a string)."""
+    notebook = REPO / "notebooks" / f"{path.parent.name}.ipynb"
+    for overrides in header_overrides(path):
+        values = tier_parameters(notebook, path.stem) | overrides
+        validate_parameters(notebook, values)
+        check_ranges(notebook, values)
+
+
+def test_header_overrides_are_found(tmp_path):
+    header = tmp_path / "paper.yaml"
+    header.write_text("# run: fedrepro run 01 --tier paper -p model_name resnet18\n#      -p delta 0.0001 --out x\n"
+                      "# or `-p restarts 1`; not fedrepro run at 55aacc9\ntier: paper\n")
+    assert header_overrides(header) == [{"model_name": "resnet18", "delta": 0.0001}, {"restarts": 1}]

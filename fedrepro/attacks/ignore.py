@@ -36,10 +36,13 @@ def layers_before(model: nn.Module, module_name: str) -> tuple[str, ...]:
     return tuple(n for n, p in model.named_parameters() if p.requires_grad and n not in dropped)
 
 
-IGNORE = ("none", "decoder", "classifier", "after_decoder", "decoder_and_after")
-"""Table I's gradient subsets, by what is *dropped*: nothing (plain IG), only the bottleneck's decoder,
-only the classifier, every layer after the decoder but not the decoder, the decoder and every layer
-after it (paper 04's Ignore attack)."""
+IGNORE = {"none": "none", "decoder": "decoder", "classifier": "classifier",
+          "between": "layers between decoder and classifier", "after_decoder": "after decoder",
+          "decoder_and_after": "decoder and after"}
+"""Table I's gradient subsets, by what is *dropped*, and how a table row names them: nothing (plain IG),
+only the bottleneck's decoder, only the classifier, only the layers between the two (none at P = 3, the
+third convolution at P = 2), every layer after the decoder but not the decoder, the decoder and every
+layer after it (paper 04's Ignore attack)."""
 
 
 def classifier_name(model: nn.Module) -> str:
@@ -70,6 +73,13 @@ def ignored_parameters(model: nn.Module, ignore: str) -> list[str]:
     if ignore == "after_decoder":
         own = set(_own_parameters(model, decoder))
         return [n for n in after if n not in own]
+    if ignore == "between":
+        ends = set(_own_parameters(model, decoder)) | set(_own_parameters(model, classifier_name(model)))
+        between = [n for n in after if n not in ends]
+        if not between:  # dropping nothing would silently attack with every gradient
+            raise ValueError(f"ignore='between': {type(model).__name__} has no layer between its decoder "
+                             f"{decoder!r} and its classifier")
+        return between
     return after
 
 

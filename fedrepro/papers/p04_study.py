@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from fedrepro.attacks.ignore import default_ignore
+from fedrepro.attacks.ignore import IGNORE, default_ignore
 from fedrepro.data import FederatedData, load_federated
 from fedrepro.defenses.spec import Defense
 from fedrepro.fl import FedAvgConfig
@@ -177,7 +177,7 @@ class CVBStudy:
         found = self._leakage[key]
         short = attack.upper() if attack != "ig" else "IG"
         what = {"none": short, "decoder_and_after": f"{short} (Ignore: decoder and after dropped)"}.get(
-            resolved, f"{short} without the {resolved.replace('_', ' ')} gradients")
+            resolved, f"{short} without the {IGNORE[resolved]} gradients")
         name = f"{dataset} {model_name}, {defense.describe()}, {what}"
         for explicit in ([None] if resolved == default else []) + ([ignore] if ignore != "auto" else []):
             self._record(result_key(dataset, model_name, defense, "ssim", attack, explicit), found.ssim_mean,

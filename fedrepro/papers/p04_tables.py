@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from fedrepro.attacks.ignore import IGNORE
 from fedrepro.defenses.spec import Defense, format_value
 from fedrepro.papers.p04_leakage import Leakage, gradient_stochasticity
 from fedrepro.papers.p04_study import CVBStudy, parameter_key
@@ -56,10 +57,15 @@ def claim_check(none: Mapping[str, Any], cvb: Mapping[str, Any], accuracy_tolera
 TABLES = ("I", "II", "III", "IV", "V", "VI", "fig9")
 
 TABLE_I = {"precode:P3": ("none", "decoder", "classifier", "decoder_and_after"),
-           "precode:P2": ("none", "decoder", "classifier", "after_decoder", "decoder_and_after")}
+           "precode:P2": ("none", "decoder", "classifier", "between", "after_decoder", "decoder_and_after")}
 """Table I: which gradients are dropped, per PRECODE position. Our copy of the paper lost the table's
 check marks; the rows are read from the text ("ignore only the gradients of the PRECODE decoder or the
-classifier"; "the decoder and all subsequent layers") and its counts of rows: 4 at P = 3, 5 at P = 2."""
+classifier"; "the decoder and all subsequent layers") and its counts of rows with PRECODE: 4 at P = 3
+(IG, 3 Ignore), 6 at P = 2 (IG, 5 Ignore). At P = 2 a stochastic layer more lies after the sampling (the
+third convolution), so each of the three alone, the two after the decoder and all three are dropped;
+at P = 3 there is nothing between the decoder and the classifier, and "after the decoder" is the
+classifier, which is why that block has two rows fewer. Every P = 2 row but the last prints ASR 0, so
+whichever subsets the lost marks named, the paper's value for each is 0."""
 
 TABLE_II = ("none", "precode:P3", "precode:P2", "precode:P1")
 TABLE_IV = ("none", "dp:sigma1", "dp:sigma0.1", "dp:sigma0.01", "dp:sigma0.001", "gc:p0.9", "gc:p0.99",
@@ -89,7 +95,7 @@ def table_i(study: CVBStudy, dataset: str = "cifar10", subsets: Mapping[str, Seq
     rows = [study.row(dataset, "cnn", "none", accuracy=False, label="CNN, IG (all gradients)")]
     for defense, ignores in subsets.items():
         for ignore in ignores:
-            text = "IG (all gradients)" if ignore == "none" else f"dropping {ignore.replace('_', ' ')}"
+            text = "IG (all gradients)" if ignore == "none" else f"dropping {IGNORE[ignore]}"
             position = format_value(Defense.parse(defense)["P"]) if Defense.parse(defense).kind == "precode" else "?"
             rows.append(study.row(dataset, "cnn", defense, ignore=ignore, accuracy=False,
                                   label=f"PRECODE P = {position}: {text}"))

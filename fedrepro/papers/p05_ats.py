@@ -46,10 +46,10 @@ from fedrepro.data import KNOWN_DATASETS, FederatedData, ImageDataset, load_fede
 from fedrepro.defenses.spec import Defense
 from fedrepro.defenses.transforms import (LIBRARY, Policy, apply_policy, policy_trainer, random_policies,
                                           search_space_size)
-from fedrepro.fl import FedAvgConfig, evaluate, run_fedavg
+from fedrepro.fl import LR_SCHEDULE_EXAMPLE, FedAvgConfig, LRSchedule, evaluate, run_fedavg
 from fedrepro.results import TIERS, paper_values
 from fedrepro.runtime import generator
-from fedrepro.validation import choice, integer, names, number, require
+from fedrepro.validation import choice, integer, names, number, parsed, require
 
 #: Offline stand-ins: the dataset a smaller tier uses in place of the paper's, for result keys.
 STAND_INS = {"cifar10": "cifar100", "mnist": "fashion-mnist"}
@@ -178,6 +178,7 @@ class ATSParameters:
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.05
+    lr_schedule: str = "constant"
     momentum: float = 0.9
     weight_decay: float = 0.0005
     fl_workers: int | None = 1
@@ -193,6 +194,7 @@ class ATSParameters:
     figure5_operations: int = 10
     victims: int = 2
     attack_iterations: int | None = 10
+    figure2_attack_iterations: int | None = None
     random_policies: int = 1
     figure2_policies: int = 3
     table2_attacks: Sequence[str] = ("ats_adam_cosine", "ats_adam_l2")
@@ -216,8 +218,9 @@ class ATSParameters:
         for name, low in at_least.items():
             integer(name, getattr(self, name), low)
         for name in ("convnet_width", "samples_per_client", "test_samples", "fl_workers", "threads",
-                     "attack_iterations"):
+                     "attack_iterations", "figure2_attack_iterations"):
             integer(name, getattr(self, name), 1, optional=True)
+        parsed("lr_schedule", self.lr_schedule, LRSchedule.parse, LR_SCHEDULE_EXAMPLE)
         integer("figure5_operations", self.figure5_operations, 1, len(LIBRARY))
         number("semi_fraction", self.semi_fraction, 0, 1, low_open=True)
         for name in ("lr", "semi_lr"):
@@ -236,10 +239,15 @@ class ATSParameters:
         """Table 3's defenses as specs."""
         return [table3_defense(kind, value) for kind, value in self.table3_defenses]
 
+    @property
+    def figure2_iterations(self) -> int | None:
+        """Figure 2's attack length: its own (the paper reduced it to 2,500), else ``attack_iterations``."""
+        return self.attack_iterations if self.figure2_attack_iterations is None else self.figure2_attack_iterations
+
     def fedavg_config(self) -> FedAvgConfig:
         return FedAvgConfig(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
-                            optimizer="sgd", momentum=self.momentum, weight_decay=self.weight_decay, seed=self.seed,
-                            device=self.device, workers=self.fl_workers)
+                            lr_schedule=self.lr_schedule, optimizer="sgd", momentum=self.momentum,
+                            weight_decay=self.weight_decay, seed=self.seed, device=self.device, workers=self.fl_workers)
 
 
 # --- models and training -------------------------------------------------------------------------
@@ -344,7 +352,8 @@ class Rows:
     """Trained models and attacks of one (dataset, architecture), each computed once and cached.
 
     ``trained(policy, defense)`` trains a FedAvg model (see :func:`train_row`); ``attacked(policy,
-    attack, defense)`` attacks the victims on the model trained with the same policy and defense.
+    attack, defense)`` attacks the victims on the model trained with the same policy and defense, for
+    ``iterations`` (None: the attack preset's count) unless the call gives its own.
     ``victims``/``labels`` are uint8 test images, attacked one image per victim.
     """
 
@@ -355,7 +364,7 @@ class Rows:
         self.victims, self.labels = victims, labels
         self.seed, self.width, self.iterations, self.progress = seed, width, iterations, progress
         self.models: dict[tuple[str, str], TrainedRow] = {}
-        self.attacks: dict[tuple[str, str, str, str], PolicyAttack] = {}
+        self.attacks: dict[tuple[str, str, str, str, int | None], PolicyAttack] = {}
 
     def trained(self, policy: str = "none", defense: Defense | None = None) -> TrainedRow:
         key = (str(Policy(policy)), defense_label(defense))
@@ -365,16 +374,17 @@ class Rows:
         return self.models[key]
 
     def attacked(self, policy: str = "none", attack: str = "ats_adam_cosine", defense: Defense | None = None,
-                 model_policy: str | None = None) -> PolicyAttack:
+                 model_policy: str | None = None, iterations: int | None = None) -> PolicyAttack:
         """Attack victims transformed by ``policy`` on the model trained with ``model_policy``
-        (default: the same policy) and the same defense."""
+        (default: the same policy) and the same defense, for ``iterations`` (default: the rows')."""
         trained_with = str(Policy(policy if model_policy is None else model_policy))
-        key = (str(Policy(policy)), attack, defense_label(defense), trained_with)
+        length = self.iterations if iterations is None else iterations
+        key = (str(Policy(policy)), attack, defense_label(defense), trained_with, length)
         if key not in self.attacks:
             row = self.trained(trained_with, defense)
             self.attacks[key] = attack_under_policy(
                 row.model, self.victims, self.labels, key[0], mean=self.data.train.mean, std=self.data.train.std,
-                attack=attack, iterations=self.iterations, defense=defense, seed=self.seed, progress=self.progress)
+                attack=attack, iterations=length, defense=defense, seed=self.seed, progress=self.progress)
         return self.attacks[key]
 
 
@@ -676,12 +686,13 @@ class ATSStudy:
         p, arch = self.params, self.params.archs[0]
         sample = random_policy_list(p.figure2_policies, p.seed + 100)
         spri = [self.searches[arch].evaluate(policy, privacy=True)["s_pri"] for policy in sample]
-        psnr = [self.rows[arch].attacked(policy, model_policy="none").psnr_mean for policy in sample]
+        psnr = [self.rows[arch].attacked(policy, model_policy="none", iterations=p.figure2_iterations).psnr_mean
+                for policy in sample]
         r = pearson(spri, psnr)
         fig = plot_correlation(spri, psnr, r, self.report.reported(PEARSON_KEY),
                                title=f"{len(sample)} random policies, {p.dataset}, {arch} ({p.tier} tier)")
         self.report.measure(PEARSON_KEY, r, setting=f"Pearson r of S_pri and attack PSNR over {len(sample)} random "
-                            f"policies ({p.dataset}, {arch}, {p.attack_iterations or 'preset'} attack iterations)")
+                            f"policies ({p.dataset}, {arch}, {p.figure2_iterations or 'preset'} attack iterations)")
         return fig
 
     # Tables 2 and 3

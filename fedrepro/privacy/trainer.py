@@ -67,7 +67,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from fedrepro.fl import OPTIMIZERS, ClientData, FedAvgConfig, model_loss
+from fedrepro.fl import ClientData, FedAvgConfig, model_loss, round_optimizer
 from fedrepro.privacy.accounting import (DEFAULT_ACCOUNTANT, check_accountant, epsilon_of, expected_batch_size,
                                          make_accountant, noise_for_epsilon, sample_rate, steps_per_epoch)
 from fedrepro.privacy.clipping import (GRANULARITIES, STATISTICS, ClipLayer, LayerClippingDPOptimizer,
@@ -277,7 +277,7 @@ class DPTrainer:
         else:
             grad_sample_module = GradSampleModule(model)
         try:
-            optimizer = self._dp_optimizer(OPTIMIZERS[config.optimizer](params, config), state, layers, thresholds,
+            optimizer = self._dp_optimizer(round_optimizer(params, config, round_), state, layers, thresholds,
                                            noise_generator, ghost)
             optimizer.attach_step_hook(state.accountant.get_optimizer_hook_fn(sample_rate=state.sample_rate))
             model.train()
