@@ -3,8 +3,14 @@
 Skipped where no GPU is present. ``FEDREPRO_TEST_DEVICE=cpu`` runs the same comparisons CPU against CPU,
 which checks the tests themselves on a machine without a GPU.
 
-Tolerances, stated once: cuDNN convolutions use TF32 and other summation orders, so results agree to
-float rounding amplified by training, not bit for bit:
+TF32 is switched off in these tests (:func:`full_float32`): cuDNN's default runs float32 convolutions in TF32
+(a 10-bit mantissa), and Adam's normalised steps and the attacks' signed steps turn that rounding into
+differences of a whole step. On the first H200 run (2026-12-04, torch 2.11.0+cu130, TF32 on) the FedAvg and
+the batched-IG comparisons below failed; the run was cut before pytest printed by how much, so TF32 as the
+cause is our reading, not yet confirmed on a GPU. The notebooks keep torch's defaults (TF32 convolutions).
+
+Tolerances, stated once: the devices use other summation orders, so results agree to float rounding
+amplified by training, not bit for bit:
 * weights after one FedAvg round or one DP-SGD step: ``rtol=1e-3, atol=1e-4`` (the same for every
   clipping mode, noise off); test accuracy within 2 points;
 * an inversion attack (IG, Ignore, model update): mean SSIM over the same victims within 0.05;
@@ -35,6 +41,15 @@ pytestmark = [
                        reason="no CUDA GPU here: these tests compare each engine on CUDA with the CPU "
                               "(FEDREPRO_TEST_DEVICE=cpu runs them CPU against CPU)"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def full_float32():
+    """Full float32 on the GPU for the test's duration (TF32 off for cuDNN and matrix products)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture(scope="module")
