@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -68,8 +69,17 @@ def environment() -> dict[str, Any]:
     }
 
 
+PARTIAL_ENV = "FEDREPRO_PARTIAL_RESULTS"
+"""Where a run's measurements so far are kept (set by :func:`fedrepro.runner.run_notebook` for its kernel)."""
+
+
 class Report:
-    """What one notebook run measured, beside what the paper reports."""
+    """What one notebook run measured, beside what the paper reports.
+
+    Where ``$FEDREPRO_PARTIAL_RESULTS`` names a file, every :meth:`measure` rewrites it with the metrics
+    so far (``"complete": false``): a run cut short — a GPU lease's time limit, a killed job — still
+    leaves what it measured, since a notebook cell prints its table only when the whole section is done.
+    """
 
     def __init__(self, notebook: str, paper: str, tier: str, parameters: dict[str, Any]) -> None:
         if tier not in TIERS:
@@ -79,6 +89,8 @@ class Report:
         self.metrics: dict[str, float] = {}
         self.rows: list[dict[str, Any]] = []
         self._started = time.perf_counter()
+        self._partial = Path(os.environ[PARTIAL_ENV]) if os.environ.get(PARTIAL_ENV) else None
+        self._environment: dict[str, Any] | None = None
 
     def reported(self, key: str) -> float | None:
         """The paper's value for ``key``, or None if the paper does not report it."""
@@ -100,20 +112,30 @@ class Report:
             "tier": self.tier,
             "difference": value - reported.value if reported else None,
         })
+        if self._partial is not None:
+            self._environment = self._environment or environment()  # one git call per run, not per number
+            self._write_json(self._partial, {**self.to_dict(self._environment), "complete": False})
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, env: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "notebook": self.notebook, "paper": self.paper, "tier": self.tier,
             "parameters": self.parameters, "metrics": self.metrics, "comparison": self.rows,
-            "environment": environment(), "wall_seconds": round(time.perf_counter() - self._started, 2),
+            "environment": env or environment(), "wall_seconds": round(time.perf_counter() - self._started, 2),
         }
 
     def write(self, directory: str | Path) -> Path:
         """Write ``results.json`` into ``directory`` (created if needed) and return its path."""
         path = Path(directory) / "results.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        self._write_json(path, self.to_dict())
         return path
+
+    @staticmethod
+    def _write_json(path: Path, content: dict[str, Any]) -> None:
+        """Write through a temporary file, so a reader (or a kill) never sees half a file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(content, indent=2, default=str))
+        tmp.replace(path)
 
     def markdown(self) -> str:
         return comparison_markdown(self.rows)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from fedrepro.results import TIERS, write_summary
+from fedrepro.results import PARTIAL_ENV, TIERS, write_summary
 
 
 class ParameterError(ValueError):
@@ -179,6 +179,9 @@ def run_notebook(notebook: str | os.PathLike, tier: str = "smoke", overrides: di
     check_ranges(notebook, parameters)
     out.mkdir(parents=True, exist_ok=True)
     executed = out / notebook.name
+    partial = out / "results.partial.json"  # the kernel inherits the variable: see fedrepro.results.Report
+    saved = os.environ.get(PARTIAL_ENV)
+    os.environ[PARTIAL_ENV] = str(partial)
     try:
         papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
                                    kernel_name="python3", cwd=str(notebook.parent), progress_bar=progress)
@@ -186,6 +189,12 @@ def run_notebook(notebook: str | os.PathLike, tier: str = "smoke", overrides: di
         raise NotebookError(notebook, executed, error.cell_index, _cell_heading(executed, error.cell_index,
                                                                                  error.source),
                             error.ename, _short(error.evalue)) from error
+    finally:
+        if saved is None:
+            os.environ.pop(PARTIAL_ENV, None)
+        else:
+            os.environ[PARTIAL_ENV] = saved
+    partial.unlink(missing_ok=True)  # complete: results.json holds all of it
     return out
 
 

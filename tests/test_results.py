@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fedrepro.results import Report, paper_values, write_summary
+from fedrepro.results import PARTIAL_ENV, Report, paper_values, write_summary
 
 
 def test_paper_registry_holds_the_quickstart_numbers():
@@ -32,6 +32,27 @@ def test_report_compares_against_the_paper_and_writes_results(tmp_path):
     summary = write_summary(tmp_path).read_text()
     assert "## 00_quickstart (paper 04)" in summary and "-7.53" in summary
     assert "<td>-7.53</td>" in (tmp_path / "summary.html").read_text()
+
+
+def test_a_run_cut_short_leaves_what_it_measured(tmp_path, monkeypatch):
+    """With the runner's variable set, every measurement rewrites the partial file (marked incomplete)."""
+    partial = tmp_path / "run" / "results.partial.json"
+    monkeypatch.setenv(PARTIAL_ENV, str(partial))
+    report = Report("03_inversion", "03", "gpu", {"seed": 0})
+    report.measure("cnn/untrained/psnr", 21.5)
+    first = json.loads(partial.read_text())
+    assert first["complete"] is False and first["metrics"] == {"cnn/untrained/psnr": 21.5}
+    report.measure("cnn/trained/psnr", 17.0)
+    assert json.loads(partial.read_text())["metrics"]["cnn/trained/psnr"] == 17.0
+    assert "complete" not in json.loads(report.write(tmp_path / "run").read_text())
+    assert sorted(p.name for p in partial.parent.iterdir()) == ["results.json", "results.partial.json"]
+
+
+def test_without_the_variable_nothing_is_written_before_the_end(tmp_path, monkeypatch):
+    monkeypatch.delenv(PARTIAL_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    Report("00_quickstart", "04", "smoke", {}).measure("x", 1.0)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_report_refuses_unknown_tier():

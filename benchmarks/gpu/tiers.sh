@@ -2,8 +2,8 @@
 # Every notebook's gpu tier in one device call (run(command="bash benchmarks/gpu/tiers.sh", carry=[".whl",
 # ".data"], timeout_s=...)), after benchmarks/gpu/prepare.sh here. The CUDA tests and the six notebooks run
 # side by side, each a process of its own on the one GPU (the small models leave it mostly idle, and the
-# machine has 16 cores), each cut at LIMIT seconds; papermill saves the executed notebook after every cell, so
-# a notebook cut short still returns what it computed. What comes back is at most 8 files: steps.txt, one
+# machine has 16 cores), each cut at LIMIT seconds; papermill saves the executed notebook after every cell and
+# results.partial.json holds every number measured so far, so a notebook cut short still returns what it computed. What comes back is at most 8 files: steps.txt, one
 # archive per notebook (the executed notebook, results.json, the log) and tests.tar.gz (versions, CUDA tests,
 # GPU use, benchmarks). The data cache is built once first, so the notebooks do not all decode the images.
 #   LIMIT (default 360): seconds per notebook;  ONLY (default all): e.g. "02 04" reruns some notebooks;
