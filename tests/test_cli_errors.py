@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedrepro import cli
 
@@ -59,6 +60,8 @@ CASES = [  # (argv, a fragment the message must hold)
     (["run", "00", "-p", "rounds", "three"], "'rounds' of 00_quickstart expects int"),
     (["run", "00", "-p", "rounds", "[1, 2"], "-p rounds '[1, 2', line 1, column"),
     (["run", "00", "-p", "rounds", "!!python/object/apply:os.system ['true']"], "not valid YAML"),
+    (["run", "00", "-p", "num_clients", "0"], "num_clients = 0 is invalid"),
+    (["run", "00", "-p", "backend", "grpc"], "backend = 'grpc' is invalid: choose one of"),
     (["run", "01", "-p", "rounds", "-3"], "rounds = -3 is invalid"),
     (["run", "01", "-p", "num_clients", "0"], "num_clients = 0 is invalid"),
     (["run", "02", "-p", "lr", "-1"], "lr = -1 is invalid"),
@@ -103,7 +106,8 @@ def test_a_bad_input_gets_one_message_naming_it(capsys, tmp_path, argv, fragment
 
 @pytest.mark.parametrize("parameter, value, fragment", [
     ("dataset", "imagenet-xl", "DatasetNotFoundError: dataset 'imagenet-xl'"),
-    ("num_clients", "0", "ValueError: need 1 <= num_clients"),
+    pytest.param("device", "cuda", "RuntimeError: device 'cuda' requested but no CUDA GPU is available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the cell would run")),
 ])
 def test_a_failing_cell_is_one_paragraph_naming_cell_error_and_saved_notebook(capsys, tmp_path, parameter, value,
                                                                               fragment):

@@ -255,3 +255,13 @@ def test_header_overrides_are_found(tmp_path):
     header.write_text("# run: fedrepro run 01 --tier paper -p model_name resnet18\n#      -p delta 0.0001 --out x\n"
                       "# or `-p restarts 1`; not fedrepro run at 55aacc9\ntier: paper\n")
     assert header_overrides(header) == [{"model_name": "resnet18", "delta": 0.0001}, {"restarts": 1}]
+
+
+def test_quickstart_parameters_mirror_its_parameters_cell():
+    """Notebook 00 has no dataclass of its own in the notebook: the one the runner checks must not drift from it."""
+    import dataclasses
+
+    from fedrepro.papers.p00_quickstart import QuickstartParameters
+
+    cell = notebook_parameters(REPO / "notebooks" / "00_quickstart.ipynb")
+    assert dataclasses.asdict(QuickstartParameters()) == {k: v for k, v in cell.items() if k != "results_dir"}

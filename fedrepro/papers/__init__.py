@@ -5,6 +5,8 @@ a paper module only composes them, and a notebook only calls a paper module.
 =============================  ==========================================================================
 paper                          protocol module (figures)
 =============================  ==========================================================================
+00 quickstart (paper 04's      :mod:`p00_quickstart` (its parameters only: the notebook stays bare)
+   FedAvg protocol)
 01 DP + int8 + adversarial      :mod:`p01_robustness` (:mod:`p01_plots`)
 02 DP clipping strategies       :mod:`p02_clipping` (:mod:`p02_plots`)
 03 gradient inversion           :mod:`p03_inversion`
@@ -20,6 +22,7 @@ from importlib import import_module
 from typing import Any
 
 PARAMETERS = {
+    "00_quickstart": "p00_quickstart:QuickstartParameters",
     "01_robustness": "p01_robustness:RobustnessParameters",
     "02_clipping": "p02_clipping:ClippingParameters",
     "03_inversion": "p03_inversion:InversionParameters",
