@@ -53,11 +53,16 @@ def paper_values() -> dict[tuple[str, str], PaperValue]:
 
 
 def environment() -> dict[str, Any]:
-    """Where a number was measured: enough to judge whether two runs are comparable."""
+    """Where a number was measured: enough to judge whether two runs are comparable.
+
+    ``$FEDREPRO_COMMIT``, where set, names the commit instead of git: a copy of the working tree sent to
+    another machine (the lent GPU's) can carry a stale ``.git`` that would name an older commit.
+    """
     from fedrepro import __version__
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent, check=False).stdout.strip()
+    commit = os.environ.get("FEDREPRO_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent,
+        check=False).stdout.strip()
     return {
         "fedrepro": __version__,
         "git_commit": commit or None,

@@ -79,3 +79,12 @@ def test_round_axes_have_integer_ticks():
     fig.canvas.draw()
     ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 4]
     assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_the_commit_can_be_named_where_git_would_be_stale(monkeypatch):
+    from fedrepro.results import environment
+
+    monkeypatch.setenv("FEDREPRO_COMMIT", "4be739f")
+    assert environment()["git_commit"] == "4be739f"
+    monkeypatch.delenv("FEDREPRO_COMMIT")
+    assert environment()["git_commit"] != "4be739f"

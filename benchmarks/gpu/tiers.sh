@@ -8,6 +8,10 @@
 # GPU use, benchmarks). The data cache is built once first, so the notebooks do not all decode the images.
 #   LIMIT (default 360): seconds per notebook;  ONLY (default all): e.g. "02 04" reruns some notebooks;
 #   EXTRA_<nb>: more arguments for one notebook's run (e.g. EXTRA_04="-f part.yaml"); TESTS_LIMIT (150);
+#   FEDREPRO_COMMIT: the commit the call sends (the copy's .git there may be the session's first checkout), e.g.
+#   run(command=f"FEDREPRO_COMMIT={HEAD} bash benchmarks/gpu/tiers.sh", ...) with HEAD read here first.
+# Learned on the first run (2026-12-04): seven jobs time-sliced on one GPU each ran several times slower than
+# alone (a FedAvg round of notebook 04's CNN took over 2.5 s), so give each job its share of the limit.
 #   DEADLINE (default 450): seconds after the start by which the benchmarks that follow on the then idle GPU
 #   (inversion, FedAvg, DP-SGD overhead, each at most 60 s) must end; those that do not fit are skipped.
 set -uo pipefail
