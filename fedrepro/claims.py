@@ -16,6 +16,11 @@ the unpaired Welch error is used anyway because it is conservative and also appl
 and standard deviations that ``results.json`` keeps (:func:`compare_summary`), where the pairs are lost.
 Z is a normal quantile: with only a few values a side the Student-t one is larger (4.3 at 2 degrees of
 freedom), so a confirmation from 2 or 3 victims is weaker than it reads.
+
+Other claims apply the same rule to another estimate and its standard error: a test accuracy measured
+once, as a proportion of the test images (:func:`compare_proportions`, :func:`compare_accuracies`); a
+correlation, by Fisher's z (:func:`compare_correlation`); "matches or beats", by a non-inferiority
+margin (:func:`non_inferior`). :class:`ClaimCheck` carries one verdict to a notebook's table.
 """
 from __future__ import annotations
 
@@ -34,8 +39,11 @@ NOT_MONOTONE = "not monotone"
 CRITERION = (f"A claim counts as confirmed only when the difference of means exceeds {Z:g} standard errors, "
              "se = √(s_a²/n_a + s_b²/n_b) with sample variances over victims (or seeds), contradicted when it "
              f"is below −{Z:g} se, otherwise inside the spread (a spread claim applies it to the log ratio of "
-             "standard deviations); fewer than 2 values on a side give no spread and confirm nothing.")
-"""The criterion in one sentence, for notebooks to print under their claim tables."""
+             "standard deviations); fewer than 2 values on a side give no spread and confirm nothing. "
+             "An accuracy measured with one seed has the binomial se √(p(1 − p)/n) over its n test images; a "
+             "correlation r over n points is tested as Fisher's atanh r with se = 1/√(n − 3); a \"matches\" "
+             "(non-inferiority) claim adds its margin to the difference.")
+"""The criterion in words, for notebooks to print under their claim tables."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,58 @@ def compare_spread(wider: Sequence[float], narrower: Sequence[float]) -> Compari
         return Comparison(0.5 * float(np.log(var_a) - np.log(var_b)), se, n_a, n_b)
 
 
+def compare_correlation(r: float, n: int) -> Comparison:
+    """The claim "the two quantities correlate positively", from Pearson's r over ``n`` pairs, by Fisher's z.
+
+    z = atanh(r) is about normal with standard error 1/√(n − 3) whatever the true correlation (for
+    bivariate normal pairs), so the criterion applies to d = atanh(r) with se = 1/√(n − 3): confirmed when
+    atanh(r) > Z/√(n − 3), i.e. r > tanh(Z/√(n − 3)) — 0.89 for 5 pairs, 0.20 for 100 — contradicted below
+    the negative bound. Fewer than 4 pairs, or an undefined r (a constant side), give no spread.
+    """
+    if n < 2:
+        raise ValueError(f"a correlation needs at least 2 pairs, got {n}")
+    se = 1 / math.sqrt(n - 3) if n > 3 else math.nan
+    z = math.nan if math.isnan(r) else math.atanh(r) if abs(r) < 1 else math.copysign(math.inf, r)
+    return Comparison(z, se, n, 0)
+
+
+def non_inferior(comparison: Comparison, margin: float) -> Comparison:
+    """The claim "a is at most ``margin`` worse than b" ("matches or beats", "costs negligibly"), from the
+    comparison of a with b: d shifted by the margin, so it is confirmed when d > −margin + Z·se (the whole
+    band above −margin), contradicted when d < −margin − Z·se, and inside the spread otherwise.
+
+    The rule "not contradicted" (d > −Z·se) would confirm whenever a measurement is too noisy to tell; with a
+    margin a confirmation needs the band to be narrow enough to exclude a loss of ``margin``.
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be ≥ 0, got {margin}")
+    return Comparison(comparison.difference + margin, comparison.standard_error, comparison.n_a, comparison.n_b)
+
+
+ACCURACY_MARGIN = 1.0
+"""Percentage points of test accuracy a defense may lose and still "match" the undefended model or cost
+"negligibly" (:func:`non_inferior`): below the smallest losses paper 04 counts as a cost (PRECODE at P = 1
+−2.3, DP-SGD at σ = 0.01 −1.8 points against no defense). Paper 05's own Table 1 loses up to 6.3 points with a
+searched policy, which this margin does not call negligible."""
+
+
+def compare_accuracies(better: Sequence[float], worse: Sequence[float], test_images: int) -> Comparison:
+    """The claim "``better`` is more accurate", from test accuracies in % (one value per seed), in points.
+
+    With 2 or more seeds on each side, the spread over seeds (:func:`compare`); otherwise each side's mean
+    accuracy as a proportion of ``test_images`` images with its binomial error (:func:`compare_proportions`).
+    Both sides are scored on the same test images, whose sampling error then partly cancels in the difference:
+    the unpaired binomial error is conservative.
+    """
+    a, b = np.asarray(better, dtype=float).ravel(), np.asarray(worse, dtype=float).ravel()
+    if a.size > 1 and b.size > 1:
+        return compare(a, b)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("no accuracies to compare")
+    share = compare_proportions(float(a.mean()) / 100, test_images, float(b.mean()) / 100, test_images)
+    return Comparison(100 * share.difference, 100 * share.standard_error, share.n_a, share.n_b)
+
+
 @dataclass(frozen=True)
 class Trend:
     """The claim "the mean falls along a sequence of settings" (e.g. stronger and stronger defenses).
@@ -199,3 +259,49 @@ def verdict_table(rows: Iterable[tuple[str, str, str]], claim: str = "claim") ->
     lines += [f"| {statement} | {verdict if verdict == CONFIRMED else f'**{verdict}**'} | {evidence} |"
               for statement, verdict, evidence in rows]
     return "\n".join(lines) + f"\n\n{CRITERION}"
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """A paper's qualitative claim, tested on measured numbers with :data:`CRITERION`."""
+
+    key: str  # claim/<name>: checks sharing a key are one claim tested on several networks or settings
+    statement: str
+    verdict: str  # "confirmed", "contradicted", "inside the spread", "not monotone" or "no spread"
+    evidence: str
+
+    @property
+    def holds(self) -> bool:
+        """Our numbers confirm the claim: the effect clears the spread, not just its sign."""
+        return self.verdict == CONFIRMED
+
+
+def scores(checks: Iterable[ClaimCheck]) -> dict[str, float]:
+    """Each claim's share of its checks that our numbers confirm (1 = all, 0 = none), by key in first-seen order."""
+    held: dict[str, list[bool]] = {}
+    for check in checks:
+        held.setdefault(check.key, []).append(check.holds)
+    return {key: sum(values) / len(values) for key, values in held.items()}
+
+
+def checks_table(checks: Iterable[ClaimCheck], claim: str = "claim") -> str:
+    """:func:`verdict_table` of checks: each one's statement, verdict and evidence, then :data:`CRITERION`."""
+    return verdict_table([(c.statement, c.verdict, c.evidence) for c in checks], claim=claim)
+
+
+def compare_proportions(p_a: float, n_a: int, p_b: float, n_b: int) -> Comparison:
+    """The claim "proportion a exceeds proportion b" (e.g. two test accuracies), p as fractions in [0, 1]
+    of n_a and n_b trials:
+
+        d = p_a − p_b,   se = √(p_a(1 − p_a)/n_a + p_b(1 − p_b)/n_b)   (each proportion's binomial error)
+
+    The binomial (Wald) error vanishes at p = 0 or 1, so a difference between 0 % and 100 % is confirmed from
+    any n: it suits accuracies over hundreds of test images, not success rates over a few victims.
+    """
+    for name, p, n in (("p_a", p_a, n_a), ("p_b", p_b, n_b)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} must be a fraction in [0, 1], got {p}")
+        if n < 1:
+            raise ValueError(f"need at least one trial on each side, got n = {n} for {name}")
+    se = math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
+    return Comparison(p_a - p_b, se, n_a, n_b)

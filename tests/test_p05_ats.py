@@ -266,6 +266,12 @@ def test_study_runs_every_section_and_records_the_papers_keys(tmp_path):
             "fashion-mnist/convnet/transfer/best2/psnr"} <= set(m)
     assert [m[ats.figure5_key(k)] for k in range(1, 6)] == ats.lowest(
         {i: study.searches["convnet"].records[str(i)]["s_pri"] for i in range(6)}, 5)
+    checks = study.claims()  # on what Tables 1 and 4 and Figure 2 stored
+    assert study.measured["table1"]["convnet"]["none"].test_images == 12
+    assert {"claim/searched_lowers_psnr", "claim/accuracy_cost_negligible", "claim/policies_transfer"} <= set(m)
+    assert [c.verdict for c in checks if c.key == "claim/spri_predicts_psnr"] == ["no spread"]  # 2 policies
+    assert all(c.verdict == "no spread" for c in checks if c.key.endswith("psnr") or c.key == "claim/policies_transfer")
+    assert ats.claims_table(checks).startswith("| claim (paper 05) |")
     # the sections share one training per (policy, defense): none, random, best1, best2, hybrid, 3-1-7, prune
     assert len(study.rows["convnet"].models) == len({"none", *ats.random_policy_list(1, 0), *study.best["convnet"],
                                                      study.hybrids["convnet"], "3-1-7"}) + 1

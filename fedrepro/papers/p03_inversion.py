@@ -48,6 +48,7 @@ from fedrepro import claims, metrics
 from fedrepro.attacks import ATTACKS, LocalTraining, ServerView, client_update, run_attack
 from fedrepro.attacks.victims import pick_victims
 from fedrepro.augment import CropFlip
+from fedrepro.claims import ClaimCheck
 from fedrepro.data import ImageDataset, load_dataset, subsample
 from fedrepro.defenses.spec import Defense
 from fedrepro.fl import OPTIMIZERS, FedAvgConfig, batch_order, evaluate, model_loss
@@ -680,21 +681,6 @@ def defense_explorer(rows: Sequence[InversionRow], max_images: int | None = None
 
 # --- the slides' claims ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ClaimCheck:
-    """A qualitative claim of the slides, tested on measured rows with :mod:`fedrepro.claims`' criterion."""
-
-    key: str
-    statement: str
-    verdict: str  # "confirmed", "contradicted", "inside the spread", "not monotone" or "no spread"
-    evidence: str
-
-    @property
-    def holds(self) -> bool:
-        """Our numbers confirm the claim: the effect clears the spread over victims, not just its sign."""
-        return self.verdict == claims.CONFIRMED
-
-
 def _mean(row: InversionRow, metric: str = "psnr") -> float:
     return float(np.mean(getattr(row, metric)))
 
@@ -742,7 +728,7 @@ def check_recovered(key: str, statement: str, row: InversionRow) -> ClaimCheck:
 
 def claims_table(checks: Sequence[ClaimCheck]) -> str:
     """Markdown: each check's verdict and evidence, then the criterion the verdicts follow."""
-    return claims.verdict_table([(c.statement, c.verdict, c.evidence) for c in checks], claim="claim (slides)")
+    return claims.checks_table(checks, claim="claim (slides)")
 
 
 def claim_checks(rows: Mapping[str, Sequence[InversionRow]], training_models: Sequence[str], defense_model: str,
@@ -796,4 +782,4 @@ def claim_checks(rows: Mapping[str, Sequence[InversionRow]], training_models: Se
 
 def claim_scores(checks: Sequence[tuple[str, Sequence[ClaimCheck]]]) -> dict[str, float]:
     """Each claim's share of the networks on which our numbers confirm it (1 = all, 0 = none)."""
-    return {key: sum(c.holds for c in results) / len(results) for key, results in checks}
+    return claims.scores(check for _, results in checks for check in results)

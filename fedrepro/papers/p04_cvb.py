@@ -12,7 +12,8 @@ as one validated dataclass, :class:`CVBParameters`, and re-exports the protocol,
 * :mod:`p04_study` — :class:`CVBStudy` trains and attacks each (dataset, model, defense) once, whichever
   table asks, and records every number in a :class:`fedrepro.results.Report` under :func:`result_key`;
 * :mod:`p04_tables` — the settings of Tables I–VI and Figures 7, 9, 10, their rows, markdown beside
-  the paper's numbers (:func:`paper_table`) and the claim checks.
+  the paper's numbers (:func:`paper_table`) and the claim checks (:func:`claim_checks`, by the criterion
+  of :mod:`fedrepro.claims`).
 
 One defense is a :class:`~fedrepro.defenses.spec.Defense` spec string (``"none"``, ``"precode:P3"``,
 ``"cvb:k3"``, ``"dp:sigma0.01"``, ``"gc:p0.99"``); the gradient subsets of Table I are
@@ -52,20 +53,22 @@ from fedrepro.models import MODELS
 from fedrepro.papers.p04_leakage import (ATTACK_NAMES, Leakage, Victims, attack_config, client_victims,
                                          gradient_stochasticity, privacy_leakage, victim_update)
 from fedrepro.papers.p04_study import ATTACK_STATES, CVBStudy, StudyConfig, parameter_key, result_key
-from fedrepro.papers.p04_tables import (FIGURE_7_LABELS, FIGURE_9, PARAMETER_SETTINGS, STOCHASTICITY_SETTINGS,
-                                        TABLE_I, TABLE_II, TABLE_IV, TABLE_V, TABLE_VI, TABLES, central_claims,
-                                        claim_check, figure_7, figure_9, figure_9_tables, figure_10, paper_table,
-                                        parameter_listing, row_leakages, scatter_rows, stochasticity_panels,
-                                        table_i, table_ii, table_iii, table_iv, table_v, table_vi)
+from fedrepro.papers.p04_tables import (FIGURE_7_LABELS, FIGURE_9, PARAMETER_SETTINGS, PRECODE_POSITIONS,
+                                        STOCHASTICITY_SETTINGS, TABLE_I, TABLE_II, TABLE_IV, TABLE_V, TABLE_VI, TABLES,
+                                        central_claims, check_accuracy, check_fails, check_leaks, check_parameters,
+                                        claim_checks, claims_table, figure_7, figure_9, figure_9_tables, figure_10,
+                                        paper_table, parameter_listing, row_leakages, scatter_rows,
+                                        stochasticity_panels, table_i, table_ii, table_iii, table_iv, table_v, table_vi)
 from fedrepro.papers.p04_training import DefendedRun, build_defended_model, parameter_row, train_model
 from fedrepro.results import TIERS
 from fedrepro.validation import choice, device, integer, integers, names, number, parsed, text
 
 __all__ = [
-    "ATTACK_NAMES", "FIGURE_7_LABELS", "FIGURE_9", "PARAMETER_SETTINGS", "STOCHASTICITY_SETTINGS", "TABLES",
-    "TABLE_I", "TABLE_II", "TABLE_IV", "TABLE_V", "TABLE_VI", "DefendedRun", "Defense", "Leakage",
+    "ATTACK_NAMES", "FIGURE_7_LABELS", "FIGURE_9", "PARAMETER_SETTINGS", "PRECODE_POSITIONS", "STOCHASTICITY_SETTINGS",
+    "TABLES", "TABLE_I", "TABLE_II", "TABLE_IV", "TABLE_V", "TABLE_VI", "DefendedRun", "Defense", "Leakage",
     "CVBParameters", "CVBStudy", "StudyConfig", "Victims", "attack_config", "build_defended_model",
-    "central_claims", "claim_check", "client_victims", "figure_7", "figure_9", "figure_9_tables", "figure_10",
+    "central_claims", "check_accuracy", "check_fails", "check_leaks", "check_parameters", "claim_checks",
+    "claims_table", "client_victims", "figure_7", "figure_9", "figure_9_tables", "figure_10",
     "gradient_stochasticity", "paper_table", "parameter_key", "parameter_listing", "parameter_row",
     "privacy_leakage", "result_key", "row_leakages", "scatter_rows", "stochasticity_panels", "table_i",
     "table_ii", "table_iii", "table_iv", "table_v", "table_vi", "train_model", "victim_update",

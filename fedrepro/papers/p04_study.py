@@ -3,20 +3,23 @@ every number recorded under the keys of ``fedrepro/paper_results/04.yaml``.
 
 Keys: ``<dataset>/<model>/<defense>/accuracy``, ``<dataset>/<model>/<defense>/<attack>/{ssim,asr}`` (``ig`` =
 IG on undefended models, the Ignore attack on PRECODE/CVB models; ``ig-ignore-<subset>`` = Table I's
-gradient subsets) and ``<model>/<defense>/{parameters,added_percent}``, ``<defense>`` as a
-:class:`~fedrepro.defenses.spec.Defense` label.
+gradient subsets), ``<model>/<defense>/{parameters,added_percent}``, ``<defense>`` as a
+:class:`~fedrepro.defenses.spec.Defense` label, and ``claim/<name>`` (the share of a claim's checks that our
+numbers confirm, :func:`~fedrepro.papers.p04_tables.claim_checks`).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from torch import nn
 
+from fedrepro import claims
 from fedrepro.attacks.ignore import IGNORE, default_ignore
+from fedrepro.claims import ClaimCheck
 from fedrepro.data import FederatedData, load_federated
 from fedrepro.defenses.spec import Defense
 from fedrepro.fl import FedAvgConfig
@@ -137,16 +140,22 @@ class CVBStudy:
                             f"{run.rounds} rounds (best round {run.result.best_round}), {run.result.seconds:.0f} s")
         return self._trained[key]
 
+    def accuracies(self, dataset: str, model_name: str, defense: str | Defense) -> list[float]:
+        """The test accuracy (%) for the study's seed and each of ``accuracy_seeds``: the claim checks'
+        spread over seeds."""
+        defense = Defense.parse(defense)
+        seeds = [self.config.seed] + [s for s in self.config.accuracy_seeds if s != self.config.seed]
+        return [self.trained(dataset, model_name, defense, s).accuracy for s in seeds]
+
     def accuracy(self, dataset: str, model_name: str, defense: str | Defense) -> tuple[float, float]:
         """Mean and standard deviation of the test accuracy (%) over the study's seed and ``accuracy_seeds``."""
         defense = Defense.parse(defense)
-        seeds = [self.config.seed] + [s for s in self.config.accuracy_seeds if s != self.config.seed]
-        values = [self.trained(dataset, model_name, defense, s).accuracy for s in seeds]
+        values = self.accuracies(dataset, model_name, defense)
         mean, std = float(np.mean(values)), float(np.std(values))
         rounds = self.trained(dataset, model_name, defense).rounds
         self._record(result_key(dataset, model_name, defense, "accuracy"), mean,
                      f"{dataset} {model_name}, {defense.describe()}: test accuracy (%), {rounds} rounds"
-                     + (f", mean of {len(seeds)} seeds" if len(seeds) > 1 else ""))
+                     + (f", mean of {len(values)} seeds" if len(values) > 1 else ""))
         return mean, std
 
     def attacked_model(self, dataset: str, model_name: str, defense: str | Defense) -> nn.Module:
@@ -200,20 +209,29 @@ class CVBStudy:
         if self.report is not None and key not in self.report.metrics:
             self.report.measure(key, value, setting=setting)
 
+    def record_claims(self, checks: Sequence[ClaimCheck]) -> None:
+        """Each claim's share of its checks that our numbers confirm (1 = all, 0 = none), as ``claim/<name>``."""
+        if self.report is not None:
+            for key, share in claims.scores(checks).items():
+                self.report.measure(key, share)
+
     # rows for tables and plots
     def row(self, dataset: str, model_name: str, defense: str | Defense, attack: str = "ig", ignore: str = "auto",
             accuracy: bool = True, privacy: bool = True, label: str | None = None) -> dict[str, Any]:
-        """One table row: privacy (mean/std SSIM, ASR) and/or accuracy of a setting, with its keys."""
+        """One table row: privacy (mean/std SSIM, ASR) and/or accuracy of a setting, with its keys, and the
+        values the claim checks need: each victim's SSIM, each seed's accuracy and the test set's size."""
         defense = Defense.parse(defense)
         row: dict[str, Any] = {"label": label or defense.label, "dataset": dataset, "model": model_name,
                                "defense": defense.label, "attack": attack, "ignore": ignore}
         if privacy:
             found = self.leakage(dataset, model_name, defense, attack, ignore)
             explicit = None if ignore == "auto" else ignore
-            row.update(ssim=found.ssim_mean, ssim_std=found.ssim_std, asr=found.asr,
+            row.update(ssim=found.ssim_mean, ssim_std=found.ssim_std, asr=found.asr, ssim_values=found.ssim,
                        ssim_key=result_key(dataset, model_name, defense, "ssim", attack, explicit),
                        asr_key=result_key(dataset, model_name, defense, "asr", attack, explicit))
         if accuracy:
             mean, std = self.accuracy(dataset, model_name, defense)
-            row.update(accuracy=mean, accuracy_std=std, accuracy_key=result_key(dataset, model_name, defense, "accuracy"))
+            row.update(accuracy=mean, accuracy_std=std, accuracy_key=result_key(dataset, model_name, defense, "accuracy"),
+                       accuracy_values=self.accuracies(dataset, model_name, defense),
+                       test_images=len(self.data(dataset).test))
         return row

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
+from fedrepro import claims, metrics
 from fedrepro.attacks.ignore import IGNORE
+from fedrepro.claims import ClaimCheck
 from fedrepro.defenses.spec import Defense, format_value
 from fedrepro.papers.p04_leakage import Leakage, gradient_stochasticity
 from fedrepro.papers.p04_study import CVBStudy, parameter_key
@@ -36,21 +40,6 @@ def paper_table(rows: Iterable[Mapping[str, Any]], report, tier: str, title: str
         cells.append(tier)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def claim_check(none: Mapping[str, Any], cvb: Mapping[str, Any], accuracy_tolerance: float = 5.0) -> list[str]:
-    """The paper's central claim on one dataset, checked on measured rows (no defense vs CVB)."""
-    lines = []
-    if "ssim" in none and "ssim" in cvb:
-        lines.append(f"{'✔' if none['ssim'] >= 0.5 else '✘'} without defense the attack succeeds: SSIM "
-                     f"{none['ssim']:.2f}, ASR {none['asr']:.1f}% (paper: high SSIM, ASR ≈ 97–100%)")
-        lines.append(f"{'✔' if cvb['ssim'] < 0.5 and cvb['asr'] <= 10 else '✘'} with the CVB the Ignore attack fails: "
-                     f"SSIM {cvb['ssim']:.2f}, ASR {cvb['asr']:.1f}% (paper: SSIM ≈ 0.2–0.3, ASR ≈ 0%)")
-    if "accuracy" in none and "accuracy" in cvb:
-        gap = cvb["accuracy"] - none["accuracy"]
-        lines.append(f"{'✔' if gap >= -accuracy_tolerance else '✘'} at similar accuracy: {cvb['accuracy']:.2f}% with "
-                     f"the CVB vs {none['accuracy']:.2f}% without ({gap:+.2f} points; paper: +0.05 to +4.64)")
-    return lines
 
 
 #: Notebook 04's sections, for its ``tables`` parameter.
@@ -232,17 +221,114 @@ def figure_9_tables(panels: Mapping[str, Sequence[Mapping[str, Any]]], report, t
     return "\n\n".join(paper_table(rows, report, tier, f"Figure 9: {title}") for title, rows in panels.items())
 
 
-def central_claims(study: CVBStudy, rows: Iterable[Mapping[str, Any]], extra: Sequence[str],
-                   dataset: str = "cifar10") -> str:
-    """The paper's central claim on the CNN of ``dataset``: for each CVB among ``extra`` (Table II's extra
-    settings), :func:`claim_check` against no defense; then PRECODE's parameter cost at P = 1 against the
-    CVB's. ``rows`` must hold the no-defense and CVB rows (the last row of a setting counts)."""
+# --- the paper's claims -----------------------------------------------------------------------------
+
+PRECODE_POSITIONS = ("precode:P3", "precode:P2", "precode:P1")
+"""Table II's PRECODE rows, from the latest position in the CNN to the earliest."""
+
+
+def _victims(row: Mapping[str, Any]) -> str:
+    return f"ASR {row['asr']:.1f} % of {len(row['ssim_values'])} victims"
+
+
+def check_leaks(key: str, statement: str, row: Mapping[str, Any]) -> ClaimCheck:
+    """The attack reconstructs the row's victims: their mean SSIM exceeds the attack-success threshold (0.5)
+    by the criterion, a one-sample comparison (se = s/√n)."""
+    comparison = claims.compare_to(row["ssim_values"], metrics.ASR_THRESHOLD)
+    return ClaimCheck(key, statement, comparison.verdict, f"{row['defense']}: mean SSIM {row['ssim']:.2f} − "
+                      f"{metrics.ASR_THRESHOLD:g}: {comparison.estimate()}; {_victims(row)}")
+
+
+def check_fails(key: str, statement: str, row: Mapping[str, Any]) -> ClaimCheck:
+    """The attack fails on the row's victims: their mean SSIM is below 0.5 by the criterion (se = s/√n).
+
+    ASR, the share of the same victims with SSIM ≥ 0.5, is shown but not tested: its binomial error vanishes
+    at 0 %, so "ASR 0 of 2 victims" would confirm as firmly as "0 of 128"; the SSIMs carry the spread.
+    """
+    comparison = claims.compare_to(-np.asarray(row["ssim_values"], dtype=float), -metrics.ASR_THRESHOLD)
+    return ClaimCheck(key, statement, comparison.verdict, f"{row['defense']}: {metrics.ASR_THRESHOLD:g} − mean SSIM "
+                      f"{row['ssim']:.2f}: {comparison.estimate()}; {_victims(row)}")
+
+
+def check_accuracy(key: str, statement: str, better: Mapping[str, Any], worse: Mapping[str, Any],
+                   margin: float | None = None) -> ClaimCheck:
+    """``better`` is more accurate than ``worse`` by the criterion (:func:`fedrepro.claims.compare_accuracies`:
+    the spread over seeds where both rows have 2 or more, else the binomial error over the test images).
+
+    With a ``margin`` the claim is non-inferiority instead, "``better`` matches or beats ``worse``": confirmed
+    when better − worse > −margin + Z·se, i.e. the whole band lies above a loss of ``margin`` points
+    (:func:`fedrepro.claims.non_inferior`), contradicted when it lies below.
+    """
+    comparison = claims.compare_accuracies(better["accuracy_values"], worse["accuracy_values"], worse["test_images"])
+    verdict = (comparison if margin is None else claims.non_inferior(comparison, margin)).verdict
+    seeds = min(len(better["accuracy_values"]), len(worse["accuracy_values"]))
+    spread = f"over {seeds} seeds" if seeds > 1 else f"binomial, {worse['test_images']} test images"
+    bound = "" if margin is None else f"; must exceed −{margin:g} (margin)"
+    return ClaimCheck(key, statement, verdict, f"{better['defense']} {better['accuracy']:.2f} % − {worse['defense']} "
+                      f"{worse['accuracy']:.2f} %: {comparison.estimate()} points ({spread}){bound}")
+
+
+def check_parameters(key: str, statement: str, percent: Mapping[str, float]) -> ClaimCheck:
+    """PRECODE's added parameters (% of the base CNN, by defense label) rise as it moves forward, P = 3 → 2 → 1,
+    and at P = 1 exceed the base network's own. Parameter counts follow from the architectures exactly: the
+    verdict is confirmed or contradicted, never inside a spread."""
+    rising = all(percent[a] < percent[b] for a, b in zip(PRECODE_POSITIONS, PRECODE_POSITIONS[1:]))
+    holds = rising and percent[PRECODE_POSITIONS[-1]] > 100
+    others = [f"{label} +{value:.1f} %" for label, value in percent.items() if label not in PRECODE_POSITIONS]
+    evidence = " → ".join(f"{label} +{percent[label]:.1f} %" for label in PRECODE_POSITIONS)
+    return ClaimCheck(key, statement, claims.CONFIRMED if holds else claims.CONTRADICTED,
+                      f"{evidence} (exact counts)" + (f"; {', '.join(others)}" if others else ""))
+
+
+def claim_checks(rows: Iterable[Mapping[str, Any]], extra: Sequence[str], percent: Mapping[str, float],
+                 dataset: str = "cifar10", margin: float = claims.ACCURACY_MARGIN) -> list[ClaimCheck]:
+    """Paper 04's central claims on the CNN of ``dataset``, from Table II's ``rows`` (the last row of a setting
+    counts; they need the row without defense) and each defense's added parameters in % (``percent``, by label):
+
+    * ``claim/undefended_leaks``: IG reconstructs the undefended CNN's victims (:func:`check_leaks`);
+    * ``claim/cvb_defeats_ignore``: the Ignore attack fails on each CVB among ``extra`` (:func:`check_fails`);
+    * ``claim/cvb_accuracy_matches``: each CVB matches or beats the undefended CNN's accuracy, a non-inferiority
+      claim: confirmed when CVB − none > −``margin`` + Z·se (:func:`check_accuracy`);
+    * ``claim/precode_early_costs_accuracy``: PRECODE at P = 1 is less accurate than the undefended CNN;
+    * ``claim/precode_early_parameters``: PRECODE's parameter cost explodes at early positions
+      (:func:`check_parameters`).
+
+    Every verdict follows :data:`fedrepro.claims.CRITERION`; a claim tested on several CVBs scores the share of
+    them that confirm it (:func:`fedrepro.claims.scores`).
+    """
     measured = {r["defense"]: r for r in rows if r["dataset"] == dataset and r["model"] == "cnn"}
-    lines = []
-    for defense in [d for d in extra if d.startswith("cvb")]:
-        spec = Defense.parse(defense)
-        lines += [f"{spec.describe()}:"] + ["  " + line for line in claim_check(measured["none"], measured[spec.label])]
-    p1 = study.parameters("cnn", "precode:P1")
-    lines.append(f"{'✔' if p1['percent'] > 100 else '✘'} PRECODE at P = 1 adds {p1['percent']:.1f} % parameters, "
-                 f"the CVB at P = 1 {study.parameters('cnn', 'cvb')['percent']:.1f} %")
-    return "\n".join(lines)
+    none = measured["none"]
+    cvbs = [measured[Defense.parse(d).label] for d in extra if Defense.parse(d).kind == "cvb"]
+    checks = []
+    if "ssim_values" in none:
+        checks.append(check_leaks("claim/undefended_leaks", "without defense IG reconstructs the CNN's victims "
+                                  "(mean SSIM above 0.5)", none))
+    checks += [check_fails("claim/cvb_defeats_ignore", f"the Ignore attack fails on the {row['defense']} "
+                           "(mean SSIM below 0.5)", row) for row in cvbs if "ssim_values" in row]
+    if "accuracy_values" in none:
+        checks += [check_accuracy("claim/cvb_accuracy_matches", f"the {row['defense']} matches or beats the "
+                                  f"undefended CNN's accuracy (at most {margin:g} pp lower)", row, none, margin)
+                   for row in cvbs if "accuracy_values" in row]
+        early = measured.get(PRECODE_POSITIONS[-1], {})
+        if "accuracy_values" in early:
+            checks.append(check_accuracy("claim/precode_early_costs_accuracy",
+                                         "PRECODE at P = 1 costs accuracy against no defense", none, early))
+    checks.append(check_parameters("claim/precode_early_parameters", "PRECODE's parameter cost explodes at early "
+                                   "positions (rises to P = 1, where it exceeds the base CNN)", percent))
+    return checks
+
+
+def central_claims(study: CVBStudy, rows: Iterable[Mapping[str, Any]], extra: Sequence[str],
+                   dataset: str = "cifar10") -> list[ClaimCheck]:
+    """:func:`claim_checks` on the measured ``rows``, with PRECODE's and each CVB's added parameters from
+    ``study``; each claim's share of confirmed checks is recorded in the study's report as ``claim/<name>``."""
+    labels = [*PRECODE_POSITIONS, *(Defense.parse(d).label for d in extra if Defense.parse(d).kind == "cvb")]
+    percent = {label: study.parameters("cnn", label, dataset)["percent"] for label in labels}
+    checks = claim_checks(rows, extra, percent, dataset)
+    study.record_claims(checks)
+    return checks
+
+
+def claims_table(checks: Sequence[ClaimCheck]) -> str:
+    """Markdown: each check's verdict and evidence, then the criterion the verdicts follow."""
+    return claims.checks_table(checks, claim="claim (paper 04)")

@@ -8,7 +8,8 @@ noise, Table 3) — trained with FedAvg (:func:`train_row`) and then attacked
 (:func:`attack_under_policy`): every victim (one test image, batch size 1 as in the paper) is
 transformed by the client with the row's policy, its gradient on the trained global model is what
 the server sees (after the row's gradient defense), and the server runs one of the six ``ats_*``
-attacks.
+attacks. The paper's claims are checked on the measured rows by :func:`claim_checks`, with the
+criterion of :mod:`fedrepro.claims`.
 
 Choices that change numbers, made once here:
 
@@ -40,8 +41,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from fedrepro import metrics
+from fedrepro import claims, metrics
 from fedrepro.attacks import ServerView, client_update, run_attack
+from fedrepro.claims import ClaimCheck
 from fedrepro.data import KNOWN_DATASETS, FederatedData, ImageDataset, load_federated
 from fedrepro.defenses.spec import Defense
 from fedrepro.defenses.transforms import (LIBRARY, Policy, apply_policy, policy_trainer, random_policies,
@@ -424,6 +426,91 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], di
     return "\n".join(lines)
 
 
+# --- the paper's claims --------------------------------------------------------------------------
+
+#: The slots of Tables 1 and 4 that hold searched policies: the two best and their hybrid.
+SEARCHED_SLOTS = ("best1", "best2", "hybrid")
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """One row of Table 1 or 4 as the claim checks read it: each victim's attack PSNR and the test accuracy."""
+
+    policy: str
+    psnr: np.ndarray
+    accuracy: float  # %
+    test_images: int
+
+
+def check_lowers_psnr(key: str, statement: str, none: PolicyResult, searched: PolicyResult) -> ClaimCheck:
+    """The searched policy lowers the attack's PSNR: None's mean minus the policy's exceeds Z Welch standard
+    errors over the victims (:func:`fedrepro.claims.compare`)."""
+    comparison = claims.compare(none.psnr, searched.psnr)
+    return ClaimCheck(key, statement, comparison.verdict,
+                      f"none {float(np.mean(none.psnr)):.2f} dB − {searched.policy} {float(np.mean(searched.psnr)):.2f} "
+                      f"dB over {len(searched.psnr)} victims: {comparison.estimate()}")
+
+
+def check_accuracy_cost(key: str, statement: str, none: PolicyResult, searched: PolicyResult,
+                        margin: float = claims.ACCURACY_MARGIN) -> ClaimCheck:
+    """The policy's accuracy cost is negligible, a non-inferiority claim: confirmed when policy − None >
+    −``margin`` + Z·se in points, se binomial over the test images (:func:`fedrepro.claims.compare_accuracies`,
+    :func:`fedrepro.claims.non_inferior`); contradicted when the whole band lies below −``margin``."""
+    comparison = claims.compare_accuracies([searched.accuracy], [none.accuracy], none.test_images)
+    return ClaimCheck(key, statement, claims.non_inferior(comparison, margin).verdict,
+                      f"{searched.policy} {searched.accuracy:.2f} % − none {none.accuracy:.2f} %: "
+                      f"{comparison.estimate()} points (binomial, {none.test_images} test images); "
+                      f"must exceed −{margin:g} (margin)")
+
+
+def check_correlation(key: str, statement: str, r: float, n: int) -> ClaimCheck:
+    """S_pri and attack PSNR correlate positively: Fisher's z of Pearson's r over ``n`` policies clears its
+    standard error 1/√(n − 3) by Z (:func:`fedrepro.claims.compare_correlation`)."""
+    comparison = claims.compare_correlation(r, n)
+    return ClaimCheck(key, statement, comparison.verdict,
+                      f"r = {r:+.3f} over {n} policies; atanh r {comparison.estimate()}")
+
+
+def claim_checks(search: Mapping[str, Mapping[str, PolicyResult]], transfer: Mapping[str, Mapping[str, PolicyResult]],
+                 correlation: tuple[float, int] | None, margin: float = claims.ACCURACY_MARGIN) -> list[ClaimCheck]:
+    """Paper 05's claims on what the sections measured: ``search`` and ``transfer`` are Tables 1 and 4 by
+    architecture and slot (each needs its ``none`` row), ``correlation`` Figure 2's (r, policies).
+
+    * ``claim/searched_lowers_psnr``: each searched policy (two best, hybrid) lowers the attack's PSNR
+      below None's (:func:`check_lowers_psnr`);
+    * ``claim/accuracy_cost_negligible``: each costs at most ``margin`` points of test accuracy, a
+      non-inferiority claim (:func:`check_accuracy_cost`);
+    * ``claim/spri_predicts_psnr``: S_pri and attack PSNR correlate positively (:func:`check_correlation`);
+    * ``claim/policies_transfer``: on the transfer dataset too, each lowers the PSNR below None's.
+
+    Every verdict follows :data:`fedrepro.claims.CRITERION`; a claim tested on several policies and
+    architectures scores the share of them that confirm it (:func:`fedrepro.claims.scores`).
+    """
+    checks = []
+    for arch, rows in search.items():
+        for slot in (s for s in SEARCHED_SLOTS if s in rows):
+            checks.append(check_lowers_psnr("claim/searched_lowers_psnr", f"{slot} {rows[slot].policy} lowers the "
+                                            f"attack's PSNR ({arch})", rows["none"], rows[slot]))
+    for arch, rows in search.items():
+        for slot in (s for s in SEARCHED_SLOTS if s in rows):
+            checks.append(check_accuracy_cost("claim/accuracy_cost_negligible", f"{slot} {rows[slot].policy} costs at "
+                                              f"most {margin:g} pp of accuracy ({arch})", rows["none"], rows[slot],
+                                              margin))
+    if correlation is not None:
+        checks.append(check_correlation("claim/spri_predicts_psnr", "S_pri predicts the attack's PSNR (positive "
+                                        "Pearson r)", *correlation))
+    for arch, rows in transfer.items():
+        for slot in (s for s in SEARCHED_SLOTS if s in rows):
+            checks.append(check_lowers_psnr("claim/policies_transfer", f"{slot} {rows[slot].policy} lowers the "
+                                            f"attack's PSNR on the transfer dataset ({arch})", rows["none"], rows[slot]))
+    return checks
+
+
+def claims_table(checks: Sequence[ClaimCheck]) -> str:
+    """Markdown: each check's verdict and evidence, then the criterion the verdicts follow."""
+    return claims.checks_table(checks, claim="claim (paper 05)")
+
+
 # --- plots ---------------------------------------------------------------------------------------
 
 def plot_single_scores(scores: Mapping[int, float], highlight: int = 5, paper_lowest: Sequence[int] = (),
@@ -529,6 +616,8 @@ class ATSStudy:
         self.best: dict[str, list[str]] = {}
         self.hybrids: dict[str, str] = {}
         self.rows: dict[str, Rows] = {}
+        self.measured: dict[str, dict[str, dict[str, PolicyResult]]] = {"table1": {}, "table4": {}}
+        self.correlation: tuple[float, int] | None = None
 
     def _load(self, dataset: str) -> FederatedData:
         p = self.params
@@ -617,6 +706,8 @@ class ATSStudy:
                 attack = rows.attacked(policy)
                 psnr, psnr_clean, acc, shown = (attack.psnr_mean, attack.psnr_original_mean,
                                                 rows.trained(policy).accuracy, policy)
+                table = self.measured["table4" if transfer else "table1"].setdefault(arch, {})
+                table[slot] = PolicyResult(policy, attack.psnr, acc, len(rows.data.test))
             psnr_key = result_key(data_name, arch, slot, "psnr", transfer=transfer)
             acc_key = result_key(data_name, arch, slot, "accuracy", transfer=transfer)
             self.report.measure(psnr_key, psnr, setting=f"attack PSNR, {data_name}, {arch}, {shown}{note}")
@@ -689,6 +780,7 @@ class ATSStudy:
         psnr = [self.rows[arch].attacked(policy, model_policy="none", iterations=p.figure2_iterations).psnr_mean
                 for policy in sample]
         r = pearson(spri, psnr)
+        self.correlation = (r, len(sample))
         fig = plot_correlation(spri, psnr, r, self.report.reported(PEARSON_KEY),
                                title=f"{len(sample)} random policies, {p.dataset}, {arch} ({p.tier} tier)")
         self.report.measure(PEARSON_KEY, r, setting=f"Pearson r of S_pri and attack PSNR over {len(sample)} random "
@@ -737,12 +829,23 @@ class ATSStudy:
         return (f"**Table 3, {p.dataset}, {arch}** ({p.tier} tier)\n\n"
                 + markdown_table(table, ["defense", "PSNR (dB)", "paper PSNR", "accuracy (%)", "paper accuracy"]))
 
+    # the paper's claims
+    def claims(self) -> list[ClaimCheck]:
+        """:func:`claim_checks` on what Tables 1 and 4 and Figure 2 measured so far; each claim's share of
+        confirmed checks is recorded as ``claim/<name>``."""
+        checks = claim_checks(self.measured["table1"], self.measured["table4"], self.correlation)
+        for key, share in claims.scores(checks).items():
+            self.report.measure(key, share)
+        return checks
+
 
 __all__ = [
-    "ARCHS", "ATSParameters", "LIBRARY", "PEARSON_KEY", "PUBLISHED", "PolicyAttack", "Rows",
-    "SEARCHED_KEY", "SECTIONS", "STAND_INS", "ATSStudy", "TABLE1_COLUMNS", "TABLE2_ATTACKS", "TABLE3", "TABLE3_PARAMETER",
-    "TrainedRow", "attack_under_policy", "build_ats_model", "defense_label", "describe_policy", "figure4_grid",
-    "figure5_key", "library_summary", "lowest", "markdown_table", "paper_dataset", "pearson", "plot_correlation",
+    "ARCHS", "ATSParameters", "LIBRARY", "PEARSON_KEY", "PUBLISHED", "PolicyAttack", "PolicyResult", "Rows",
+    "SEARCHED_KEY", "SEARCHED_SLOTS", "SECTIONS", "STAND_INS", "ATSStudy", "TABLE1_COLUMNS", "TABLE2_ATTACKS",
+    "TABLE3", "TABLE3_PARAMETER", "TrainedRow", "attack_under_policy", "build_ats_model", "check_accuracy_cost",
+    "check_correlation", "check_lowers_psnr", "claim_checks", "claims_table", "defense_label", "describe_policy",
+    "figure4_grid", "figure5_key", "library_summary", "lowest", "markdown_table", "paper_dataset", "pearson",
+    "plot_correlation",
     "plot_single_scores", "published_key", "random_policy_list", "result_key", "semi_accuracy_key", "stand_in_note",
     "table2_key", "table3_defense", "table3_key", "train_row", "victim_images",
 ]
