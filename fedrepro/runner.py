@@ -33,11 +33,26 @@ class NotebookError(RuntimeError):
                          f"  the executed notebook, with the full traceback, is {executed}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: plain YAML keeps the
+    last value silently, so a parameter file that sets ``lr`` twice would run with whichever came second."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(text: str, source: str) -> Any:
-    """``yaml.safe_load`` with a ParameterError that names ``source``, the line and the column, and what
-    the parser expected, instead of a traceback from inside the YAML library."""
+    """``yaml.safe_load`` (plus: no key twice in a mapping) with a ParameterError that names ``source``,
+    the line and the column, and what the parser expected, instead of a traceback from the YAML library."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

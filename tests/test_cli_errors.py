@@ -43,6 +43,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
         "sweep_unknown_parameter": "notebook: 00_quickstart\ngrid: {roundz: [1]}\n",
         "sweep_bad_point": "notebook: 01_robustness\ngrid: {rounds: [2, 0]}\n",
         "sweep_a_list": "- 00_quickstart\n",
+        "twice": "rounds: 3\nlr: 0.01\nrounds: 5\n",
     }
     paths = {}
     for name, text in made.items():
@@ -76,6 +77,7 @@ CASES = [  # (argv, a fragment the message must hold)
     (["run", "00", "-f", "{bad_yaml}"], "bad_yaml.yaml, line 2, column 1: not valid YAML"),
     (["run", "00", "-f", "{tagged}"], "tagged.yaml, line 1"),
     (["run", "00", "-f", "{a_list}"], "must be a mapping"),
+    (["run", "00", "-f", "{twice}"], "twice.yaml, line 3, column 1: not valid YAML ('rounds' is given twice)"),
     (["run", "00", "-f", "{unknown_name}"], "no parameter(s) roundz"),
     (["run", "00", "-f", "{wrong_type}"], "expects int"),
     (["run", "02", "-f", "{bad_range}"], "lr = -1 is invalid"),
