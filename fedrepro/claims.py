@@ -11,8 +11,13 @@ effect counts only when it clears its standard error by :data:`Z`:
     contradicted  when d < −Z·se
     inside the spread otherwise, and "no spread" when either side has fewer than 2 values (s² unknown).
 
-The rows of one notebook often share their victims, where a paired test would be more sensitive;
-the unpaired Welch error is used anyway because it is conservative and also applies to the means
+Accuracies are shares of n images scored right (1) or wrong (0), so their s² is the binomial p(1 − p)
+(:func:`compare_proportions`); where two models were scored on the same images the per-image differences
+give a smaller and still valid error (:func:`compare_paired`). A claim "at most m either way" (int8 changes
+accuracy by at most a point) applies the criterion to m − |d| (:func:`within`).
+
+Reconstruction rows (notebook 03) share their victims too, where a paired test would be more sensitive;
+the unpaired Welch error is used there because it is conservative and also applies to the means
 and standard deviations that ``results.json`` keeps (:func:`compare_summary`), where the pairs are lost.
 Z is a normal quantile: with only a few values a side the Student-t one is larger (4.3 at 2 degrees of
 freedom), so a confirmation from 2 or 3 victims is weaker than it reads.
@@ -25,8 +30,9 @@ margin (:func:`non_inferior`). :class:`ClaimCheck` carries one verdict to a note
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -42,7 +48,9 @@ CRITERION = (f"A claim counts as confirmed only when the difference of means exc
              "standard deviations); fewer than 2 values on a side give no spread and confirm nothing. "
              "An accuracy measured with one seed has the binomial se √(p(1 − p)/n) over its n test images; a "
              "correlation r over n points is tested as Fisher's atanh r with se = 1/√(n − 3); a \"matches\" "
-             "(non-inferiority) claim adds its margin to the difference.")
+             "(non-inferiority) claim adds its margin to the difference. Where both sides were scored on the same "
+             "images, s² is the variance of the per-image differences; a claim \"at most m either way\" applies "
+             "the criterion to m − |d|.")
 """The criterion in words, for notebooks to print under their claim tables."""
 
 
@@ -202,6 +210,75 @@ def compare_accuracies(better: Sequence[float], worse: Sequence[float], test_ima
     return Comparison(100 * share.difference, 100 * share.standard_error, share.n_a, share.n_b)
 
 
+def compare_proportions(p_a: float, n_a: int, p_b: float, n_b: int) -> Comparison:
+    """The claim "proportion ``p_a`` (of ``n_a`` trials) exceeds ``p_b`` (of ``n_b``)", e.g. two test accuracies.
+
+    A trial scored 1 or 0 has variance p(1 − p), so a proportion over n trials has the binomial standard
+    error √(p(1 − p)/n), and two measured independently give
+
+        d = p_a − p_b,   se = √(p_a(1 − p_a)/n_a + p_b(1 − p_b)/n_b)
+
+    (the normal approximation, with the observed p: a side at exactly 0 or 1 adds no spread, so it wants
+    n·p and n·(1 − p) of at least a few). Two models scored on the same images agree more often than
+    independent ones would, so this error is conservative for them; :func:`compare_paired` uses the pairs.
+    Fewer than 2 trials on a side give no spread.
+    """
+    for name, p in (("p_a", p_a), ("p_b", p_b)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} must be a proportion in [0, 1], got {p}")
+    for name, n in (("n_a", n_a), ("n_b", n_b)):
+        if n < 0:
+            raise ValueError(f"{name} must be a count ≥ 0, got {n}")
+    return Comparison(p_a - p_b, _welch(p_a * (1 - p_a), n_a, p_b * (1 - p_b), n_b), n_a, n_b)
+
+
+def compare_paired(better: Sequence[float], worse: Sequence[float]) -> Comparison:
+    """The claim "``better`` has the larger mean", from values paired item by item (the same images scored
+    by two models, 1 right and 0 wrong).
+
+    d = mean(a_i − b_i),  se = s_d/√n with s_d² the sample variance of the differences (ddof = 1). Items
+    both sides score alike add nothing to s_d, so for 0/1 scores the error comes from the images on which
+    the two disagree (McNemar's comparison, as a normal approximation). Fewer than 2 pairs give no spread.
+    """
+    a, b = np.asarray(better, dtype=float).ravel(), np.asarray(worse, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same count on both sides, got {a.size} and {b.size}")
+    one = compare_to(a - b, 0.0)
+    return Comparison(one.difference, one.standard_error, one.n_a, one.n_a)
+
+
+def compare_to_single(values: Sequence[float], single: float) -> Comparison:
+    """The claim "the mean of ``values`` exceeds ``single``", one value measured in another setting that is
+    assumed to spread as ``values`` do (a sweep's single run against several seeds of another point).
+
+    With the sample variance s² of ``values`` standing for both settings, d = mean − single has
+    se = s·√(1/n + 1), the error of a new value's distance from a sample mean.
+    """
+    mean, var, n = _sample(values)
+    return Comparison(mean - single, math.sqrt(var * (1 / n + 1)) if n > 1 else math.nan, n, 1)
+
+
+def compare_effects(larger: Comparison, smaller: Comparison) -> Comparison:
+    """The claim "effect ``larger`` exceeds effect ``smaller``" (a difference of differences: what an attacker
+    costs a normal model against what it costs a DP one), the two estimated independently:
+    d = d_a − d_b, se = √(se_a² + se_b²). The counts kept are each effect's smaller side."""
+    return Comparison(larger.difference - smaller.difference,
+                      math.hypot(larger.standard_error, smaller.standard_error),
+                      min(larger.n_a, larger.n_b), min(smaller.n_a, smaller.n_b))
+
+
+def within(comparison: Comparison, margin: float) -> Comparison:
+    """The claim "the effect is at most ``margin`` either way" (int8 moves accuracy by at most a point).
+
+    The criterion applied to m − |d| with the same se: confirmed when the whole band d ± Z·se lies inside
+    ±m (two one-sided tests at Z), contradicted when |d| exceeds m by more than Z·se, inside the spread
+    otherwise.
+    """
+    if not margin >= 0:
+        raise ValueError(f"margin must be ≥ 0, got {margin}")
+    return Comparison(margin - abs(comparison.difference), comparison.standard_error, comparison.n_a, comparison.n_b)
+
+
 @dataclass(frozen=True)
 class Trend:
     """The claim "the mean falls along a sequence of settings" (e.g. stronger and stronger defenses).
@@ -263,7 +340,7 @@ def verdict_table(rows: Iterable[tuple[str, str, str]], claim: str = "claim") ->
 
 @dataclass(frozen=True)
 class ClaimCheck:
-    """A paper's qualitative claim, tested on measured numbers with :data:`CRITERION`."""
+    """A paper's qualitative claim tested on one setting (a network, a regime, a strategy) with :data:`CRITERION`."""
 
     key: str  # claim/<name>: checks sharing a key are one claim tested on several networks or settings
     statement: str
@@ -276,32 +353,28 @@ class ClaimCheck:
         return self.verdict == CONFIRMED
 
 
+def check(key: str, statement: str, comparison: Comparison, evidence: str) -> ClaimCheck:
+    """:class:`ClaimCheck` of ``comparison``: its verdict, and ``evidence`` followed by its estimate."""
+    return ClaimCheck(key, statement, comparison.verdict, f"{evidence}: {comparison.estimate()}")
+
+
 def scores(checks: Iterable[ClaimCheck]) -> dict[str, float]:
     """Each claim's share of its checks that our numbers confirm (1 = all, 0 = none), by key in first-seen order."""
     held: dict[str, list[bool]] = {}
-    for check in checks:
-        held.setdefault(check.key, []).append(check.holds)
+    for c in checks:
+        held.setdefault(c.key, []).append(c.holds)
     return {key: sum(values) / len(values) for key, values in held.items()}
+
+
+def record(report: Any, checks: Sequence[ClaimCheck]) -> Sequence[ClaimCheck]:
+    """Measure each key's :func:`scores` value in ``report`` (a :class:`fedrepro.results.Report`); returns
+    ``checks``."""
+    counts = Counter(c.key for c in checks)
+    for key, score in scores(checks).items():
+        report.measure(key, score, setting=f"share of {counts[key]} check(s) confirmed by the claim criterion")
+    return checks
 
 
 def checks_table(checks: Iterable[ClaimCheck], claim: str = "claim") -> str:
     """:func:`verdict_table` of checks: each one's statement, verdict and evidence, then :data:`CRITERION`."""
     return verdict_table([(c.statement, c.verdict, c.evidence) for c in checks], claim=claim)
-
-
-def compare_proportions(p_a: float, n_a: int, p_b: float, n_b: int) -> Comparison:
-    """The claim "proportion a exceeds proportion b" (e.g. two test accuracies), p as fractions in [0, 1]
-    of n_a and n_b trials:
-
-        d = p_a − p_b,   se = √(p_a(1 − p_a)/n_a + p_b(1 − p_b)/n_b)   (each proportion's binomial error)
-
-    The binomial (Wald) error vanishes at p = 0 or 1, so a difference between 0 % and 100 % is confirmed from
-    any n: it suits accuracies over hundreds of test images, not success rates over a few victims.
-    """
-    for name, p, n in (("p_a", p_a, n_a), ("p_b", p_b, n_b)):
-        if not 0 <= p <= 1:
-            raise ValueError(f"{name} must be a fraction in [0, 1], got {p}")
-        if n < 1:
-            raise ValueError(f"need at least one trial on each side, got n = {n} for {name}")
-    se = math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
-    return Comparison(p_a - p_b, se, n_a, n_b)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -133,6 +133,9 @@ class QuantizationReport:
     int8_bytes: int
     fp32_accuracy: float
     int8_accuracy: float
+    # which test images each version classifies right, for a paired comparison (None: sizes only)
+    fp32_correct: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    int8_correct: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def size_reduction(self) -> float:
@@ -145,18 +148,20 @@ class QuantizationReport:
         return self.int8_accuracy - self.fp32_accuracy
 
     def as_dict(self) -> dict[str, float]:
-        return {**asdict(self), "size_reduction": self.size_reduction, "accuracy_change": self.accuracy_change}
+        """The numbers, without the per-image results."""
+        numbers = {name: getattr(self, name) for name in ("fp32_bytes", "int8_bytes", "fp32_accuracy", "int8_accuracy")}
+        return {**numbers, "size_reduction": self.size_reduction, "accuracy_change": self.accuracy_change}
 
 
 def compare(model: nn.Module, quantized: nn.Module, x: torch.Tensor, y: torch.Tensor,
             batch_size: int = 512) -> QuantizationReport:
-    """Serialized sizes and test accuracies of ``model`` and its quantized copy on normalised ``x``."""
-    from fedrepro.fl import evaluate
+    """Serialized sizes and test accuracies of ``model`` and its quantized copy on normalised ``x``, with
+    which images each classifies right (each batch runs on its model's device)."""
+    from fedrepro.robustness.threat import correct, hit_rate  # fedrepro.robustness imports this module
 
-    device = next(model.parameters()).device
-    _, fp32_accuracy = evaluate(model, x.to(device), y.to(device), batch_size)
-    _, int8_accuracy = evaluate(quantized, x.cpu(), y.cpu(), batch_size)
-    return QuantizationReport(serialized_size(model), serialized_size(quantized), fp32_accuracy, int8_accuracy)
+    fp32, int8 = correct(model, x, y, batch_size), correct(quantized, x, y, batch_size)
+    return QuantizationReport(serialized_size(model), serialized_size(quantized), hit_rate(fp32), hit_rate(int8), fp32,
+                              int8)
 
 
 def size_table(model_names: list[str] | tuple[str, ...], in_channels: int = 3, num_classes: int = 10,

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from fedrepro import claims
-from fedrepro.claims import (CRITERION, Z, Comparison, Trend, compare, compare_spread, compare_summary, compare_to,
-                             decreasing, verdict_table)
+from fedrepro.claims import (CRITERION, Z, ClaimCheck, Comparison, Trend, checks_table, compare, compare_effects,
+                             compare_paired, compare_proportions, compare_spread, compare_summary, compare_to,
+                             compare_to_single, decreasing, scores, verdict_table, within)
 from fedrepro.papers.p03_inversion import (InversionRow, check_decreasing, check_order, check_recovered, check_spread,
                                             claim_checks, claim_scores, claims_table)
 
@@ -133,6 +134,91 @@ def test_verdict_table_marks_all_but_confirmed_and_states_the_criterion():
     assert lines[:2] == ["| claim | verdict | evidence |", "|---|---|---|"]
     assert lines[2] == "| a beats b | confirmed | x |" and lines[3] == "| b beats a | **inside the spread** | y |"
     assert lines[-1] == CRITERION
+
+
+# --- accuracies over images (notebooks 01 and 02) ------------------------------------------------------
+
+def test_compare_proportions_is_the_binomial_error():
+    result = compare_proportions(0.45, 2000, 0.40, 2000)
+    assert result.difference == pytest.approx(0.05)
+    assert result.standard_error == pytest.approx(math.sqrt(0.45 * 0.55 / 2000 + 0.40 * 0.60 / 2000))  # 0.0155
+    assert result.confirmed and (result.n_a, result.n_b) == (2000, 2000)
+    assert compare_proportions(0.45, 2000, 0.44, 2000).verdict == "inside the spread"
+    assert compare_proportions(0.30, 500, 0.45, 500).verdict == "contradicted"
+    assert compare_proportions(0.9, 1, 0.1, 100).verdict == "no spread"
+    # the same as compare on the 0/1 scores, whose sample variance (ddof = 1) is p(1 − p)·n/(n − 1)
+    scores_a, scores_b = [1.0] * 9 + [0.0] * 11, [1.0] * 4 + [0.0] * 16
+    by_values = compare(scores_a, scores_b)
+    assert compare_proportions(0.45, 20, 0.20, 20).standard_error == pytest.approx(
+        by_values.standard_error * math.sqrt(19 / 20))
+    with pytest.raises(ValueError, match="p_a must be a proportion"):
+        compare_proportions(45.0, 2000, 0.4, 2000)
+    with pytest.raises(ValueError, match="n_b must be a count"):
+        compare_proportions(0.45, 2000, 0.4, -1)
+
+
+def test_the_paired_error_comes_from_the_images_the_two_disagree_on():
+    fp32 = np.r_[np.ones(900), np.zeros(1100)]
+    int8 = fp32.copy()
+    int8[:4], int8[900:902] = 0, 1  # 4 images lost, 2 gained: −0.1 points
+    result = compare_paired(int8, fp32)
+    assert result.difference == pytest.approx(-2 / 2000)
+    assert result.standard_error == pytest.approx(statistics.stdev(int8 - fp32) / math.sqrt(2000))
+    assert (result.n_a, result.n_b) == (2000, 2000)
+    unpaired = compare_proportions(int8.mean(), 2000, fp32.mean(), 2000)
+    assert result.standard_error < unpaired.standard_error / 10
+    same = compare_paired(fp32, fp32)  # identical predictions: no difference, exactly
+    assert (same.difference, same.standard_error, same.verdict) == (0.0, 0.0, "inside the spread")
+    assert compare_paired([1.0], [0.0]).verdict == "no spread"
+    with pytest.raises(ValueError, match="same count"):
+        compare_paired(fp32, fp32[:10])
+
+
+def test_within_a_margin_needs_the_whole_band_inside_it():
+    assert within(Comparison(0.2, 0.3, 100, 100), 1.0).confirmed  # 0.2 ± 0.6 inside ±1
+    assert within(Comparison(-0.2, 0.3, 100, 100), 1.0).confirmed
+    assert within(Comparison(-0.5, 0.3, 100, 100), 1.0).verdict == "inside the spread"  # −0.5 − 0.6 < −1
+    assert within(Comparison(1.8, 0.3, 100, 100), 1.0).verdict == "contradicted"  # 1.8 − 0.6 > 1
+    assert within(Comparison(-1.8, 0.3, 100, 100), 1.0).verdict == "contradicted"
+    assert within(Comparison(0.1, math.nan, 1, 1), 1.0).verdict == "no spread"
+    assert within(compare_paired(np.ones(50), np.ones(50)), 0.0).verdict == "inside the spread"  # 0 is not < 0
+    with pytest.raises(ValueError, match="margin"):
+        within(Comparison(0.1, 0.1, 5, 5), -1.0)
+
+
+def test_a_difference_of_effects_adds_their_errors_in_quadrature():
+    normal_drop, dp_drop = Comparison(5.0, 1.5, 2000, 2000), Comparison(0.5, 2.0, 2000, 2000)
+    result = compare_effects(normal_drop, dp_drop)
+    assert result.difference == pytest.approx(4.5) and result.standard_error == pytest.approx(2.5)
+    assert result.verdict == "inside the spread"  # 4.5 against 2 se = 5
+    assert compare_effects(Comparison(9.0, 1.5, 2000, 2000), dp_drop).confirmed
+    assert compare_effects(normal_drop, Comparison(0.5, math.nan, 1, 1)).verdict == "no spread"
+
+
+def test_one_run_against_several_seeds_assumes_their_spread():
+    seeds = [0.24, 0.25, 0.26]  # s = 0.01
+    result = compare_to_single(seeds, 0.20)
+    assert result.difference == pytest.approx(0.05)
+    assert result.standard_error == pytest.approx(0.01 * math.sqrt(1 / 3 + 1))
+    assert result.confirmed and (result.n_a, result.n_b) == (3, 1)
+    assert compare_to_single(seeds, 0.24).verdict == "inside the spread"  # 0.01 against 2 se = 0.023
+    assert compare_to_single([0.25], 0.20).verdict == "no spread"
+
+
+def test_checks_are_scored_per_key_and_tabled_with_the_criterion():
+    from fedrepro.results import Report
+
+    checks = [ClaimCheck("claim/a", "a (one)", claims.CONFIRMED, "x"), ClaimCheck("claim/a", "a (two)", claims.INSIDE, "y"),
+              ClaimCheck("claim/b", "b", claims.CONTRADICTED, "z")]
+    assert scores(checks) == {"claim/a": 0.5, "claim/b": 0.0}
+    report = Report("01_robustness", paper="01", tier="smoke", parameters={})
+    assert claims.record(report, checks) is checks and report.metrics == {"claim/a": 0.5, "claim/b": 0.0}
+    assert report.rows[0]["setting"] == "share of 2 check(s) confirmed by the claim criterion"
+    table = checks_table(checks, claim="claim (paper 01)").splitlines()
+    assert table[0] == "| claim (paper 01) | verdict | evidence |" and table[-1] == CRITERION
+    assert table[3] == "| a (two) | **inside the spread** | y |"
+    made = claims.check("claim/c", "c", Comparison(1.0, 0.1, 5, 5), "1.5 vs 0.5")
+    assert made.holds and made.evidence == "1.5 vs 0.5: +1.00 ± 0.20 (2 se)"
 
 
 # --- notebook 03's checks on synthetic rows --------------------------------------------------------

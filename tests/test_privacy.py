@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from opacus.accountants import RDPAccountant
 from opacus.optimizers import DPPerLayerOptimizer
 from torch import nn
 
+from fedrepro import claims
 from fedrepro.fl import ClientData, FedAvgConfig
 from fedrepro.models import build_model
 from fedrepro.privacy import (DPIncompatibleModelError, DPTrainer, LayerClippingDPOptimizer, adaptive_thresholds,
@@ -394,9 +395,10 @@ def test_a_bad_parameter_is_refused_naming_it_and_its_valid_range(changes, messa
         ClippingParameters(**changes)
 
 
-def private_run(strategy: str, sigma: float, accuracy: float, label: str = "2 clients") -> PrivateRun:
+def private_run(strategy: str, sigma: float, accuracy: float, label: str = "2 clients",
+                test_size: int = 2000) -> PrivateRun:
     return PrivateRun(strategy, sigma, 1.0 / sigma if sigma else math.inf, {}, 1e-5, "rdp", accuracy, accuracy, [],
-                      label=label)
+                      label=label, test_size=test_size)
 
 
 def sweep_of(table: dict[str, list[float]], sigmas=(2.0, 1.0, 0.22)) -> list[PrivateRun]:
@@ -411,25 +413,32 @@ def seeds_at_smallest(offsets: list[float], base=(0.40, 0.38, 0.37)) -> list[Pri
 PAPERLIKE = {"flat": [0.30, 0.35, 0.40], "per_layer_adaptive": [0.29, 0.33, 0.38], "per_layer_uniform": [0.28, 0.32, 0.37]}
 
 
-def test_the_order_claim_needs_gaps_wider_than_the_seed_to_seed_spread():
+def test_the_order_claim_follows_the_criterion_over_seeds_or_else_the_test_images():
     runs = sweep_of(PAPERLIKE)
     tight = clip.order_claim(runs, seeds_at_smallest([0.002, -0.002]))
-    assert tight.holds and tight.resolved and tight.seeds == 3
-    assert tight.spread == pytest.approx(0.004) and tight.gaps == pytest.approx([0.02, 0.01])
-    assert "holds beyond the seed-to-seed spread 0.004" in tight.text()
-    # the same seed means, but one strategy moves by 0.03 from seed to seed: the gaps are inside the noise
+    assert tight.seeds == 3 and tight.means == pytest.approx({"flat": 0.40, "per_layer_adaptive": 0.38,
+                                                              "per_layer_uniform": 0.37})
+    assert tight.verdict == "confirmed"  # gaps 0.02 and 0.01 against 2 se = 0.0033 over 3 seeds
+    assert [(c.key, c.verdict) for c in tight.checks()] == [("claim/flat_beats_adaptive", "confirmed"),
+                                                            ("claim/adaptive_beats_uniform", "confirmed")]
+    assert "over 3 seeds" in tight.checks()[0].evidence
+    # the same seed means, but one strategy moves by 0.03 from seed to seed: 2 se = 0.024, the gaps are inside
     loose = clip.order_claim(runs, seeds_at_smallest([0.015, -0.015]))
-    assert loose.holds and not loose.resolved and loose.spread == pytest.approx(0.03)
-    assert "holds, but not beyond" in loose.text()
+    assert loose.verdict == "inside the spread" and "by the claim criterion: inside the spread" in loose.text()
+    # one seed: the binomial error of each run over its 2000 test images, 2 se = 0.031 for 0.40 against 0.38
     single = clip.order_claim(runs)
-    assert single.holds and not single.resolved and single.spread is None and single.seeds == 1
+    assert single.seeds == 1 and single.verdict == "inside the spread"
+    assert "binomial over 2000 test images" in single.checks()[0].evidence
+    many = clip.order_claim([replace(r, test_size=100_000) for r in runs])
+    assert many.verdict == "confirmed"
     swapped = clip.order_claim(sweep_of({**PAPERLIKE, "per_layer_uniform": [0.3, 0.3, 0.385]}),
                                seeds_at_smallest([0.001, -0.001], base=(0.40, 0.38, 0.385)))
-    assert not swapped.holds and not swapped.resolved
-    assert swapped.order == ["flat", "per_layer_uniform", "per_layer_adaptive"]
-    assert "does not hold" in swapped.text()
-    # the spread is the one compare_with_paper records as repeats/max_seed_spread
-    assert clip.compare_with_paper(runs, repeats=seeds_at_smallest([0.015, -0.015]))["seed_spread"] == loose.spread
+    assert swapped.verdict == "contradicted"  # adaptive below uniform by 0.005, 2 se = 0.0016
+    assert [c.verdict for c in swapped.checks()] == ["confirmed", "contradicted"]
+    assert clip.order_claim(sweep_of({"flat": [0.3, 0.35, 0.4]})).verdict == "no spread"  # one strategy: no order
+    verdict = clip.compare_with_paper(runs, repeats=seeds_at_smallest([0.015, -0.015]))
+    assert verdict["seed_spread"] == pytest.approx(0.03) and verdict["order"] == loose.verdict
+    assert verdict["text"].endswith(loose.text())
 
 
 def test_kendall_tau():
@@ -440,20 +449,43 @@ def test_kendall_tau():
 
 
 def test_accuracy_rises_as_noise_falls_only_beyond_the_spread():
-    runs = sweep_of({"flat": [0.30, 0.35, 0.40], "per_layer_adaptive": [0.33, 0.33, 0.33],
-                     "per_layer_uniform": [0.34, 0.33, 0.35]})
+    table = {"flat": [0.30, 0.35, 0.40], "per_layer_adaptive": [0.33, 0.33, 0.33], "per_layer_uniform": [0.34, 0.33, 0.35]}
+    runs = sweep_of(table)
     trends = {t.strategy: t for t in clip.noise_trends(runs)}
-    assert trends["flat"].holds and trends["flat"].tau == -1 and trends["flat"].gain == pytest.approx(0.10)
-    assert trends["flat"].sigmas == (2.0, 0.22) and trends["flat"].accuracies == (0.30, 0.40)
-    assert not trends["per_layer_adaptive"].holds and trends["per_layer_adaptive"].tau == 0
-    assert trends["per_layer_uniform"].holds  # +0.01 and τ < 0, with no spread to compare with
-    noisy = {t.strategy: t for t in clip.noise_trends(runs, spread=0.03)}
-    assert noisy["flat"].holds and not noisy["per_layer_uniform"].holds
-    assert "does not clearly rise" in noisy["per_layer_uniform"].text()
-    summary = clip.claims_summary(clip.order_claim(runs), list(noisy.values()))
-    assert summary["accuracy_rises_as_noise_falls"] == {"flat": True, "per_layer_adaptive": False,
-                                                        "per_layer_uniform": False}
+    flat = trends["flat"]
+    assert flat.verdict == "confirmed" and flat.tau == -1 and flat.comparison.difference == pytest.approx(0.10)
+    assert flat.sigmas == (2.0, 0.22) and flat.accuracies == (0.30, 0.40)
+    assert flat.comparison.standard_error == pytest.approx(math.sqrt((0.4 * 0.6 + 0.3 * 0.7) / 2000))
+    assert trends["per_layer_adaptive"].verdict == "inside the spread" and trends["per_layer_adaptive"].tau == 0
+    # +0.01 with τ < 0 counted as a rise before; against the binomial 2 se = 0.030 it is inside the spread
+    assert trends["per_layer_uniform"].verdict == "inside the spread"
+    assert "binomial over 2000 test images" in trends["per_layer_uniform"].check().evidence
+    # seeds at the smallest σ: their mean against the largest σ's run, with their spread s = 0.03 at both ends
+    repeats = [private_run(strategy, 0.22, table[strategy][-1] + offset, f"seed {k}")
+               for k, offset in enumerate([0.03, -0.03], start=1) for strategy in table]
+    seeded = {t.strategy: t for t in clip.noise_trends(runs, repeats)}
+    assert seeded["flat"].comparison.standard_error == pytest.approx(0.03 * math.sqrt(1 / 3 + 1))
+    assert seeded["flat"].verdict == "confirmed" and seeded["per_layer_uniform"].verdict == "inside the spread"
+    assert "seed spread over 3 seeds at σ = 0.22" in seeded["flat"].check().evidence
+    summary = clip.claims_summary(clip.order_claim(runs), list(seeded.values()))
+    assert summary == {"order": "inside the spread",  # one seed: adaptive 0.33 against uniform 0.35, binomial
+                       "order_steps": {"claim/flat_beats_adaptive": "confirmed",
+                                       "claim/adaptive_beats_uniform": "inside the spread"},
+                       "accuracy_rises_as_noise_falls": {"flat": "confirmed", "per_layer_adaptive": "inside the spread",
+                                                         "per_layer_uniform": "inside the spread"}}
     assert clip.noise_trends(sweep_of(PAPERLIKE, sigmas=(0.22,))) == []  # one σ: no trend to judge
+
+
+def test_the_claim_checks_are_recorded_as_claim_metrics():
+    runs = sweep_of(PAPERLIKE)
+    order = clip.order_claim(runs, seeds_at_smallest([0.002, -0.002]))
+    checks = clip.claim_checks(order, clip.noise_trends(runs))
+    report = Report("02_clipping", paper="02", tier="smoke", parameters={})
+    claims.record(report, checks)
+    assert report.metrics == {"claim/flat_beats_adaptive": 1.0, "claim/adaptive_beats_uniform": 1.0,
+                              "claim/accuracy_rises_as_noise_falls": 1.0}
+    table = claims.checks_table(checks, claim="claim (paper 02)")
+    assert table.count("| confirmed |") == 5 and table.endswith(claims.CRITERION)
 
 
 def test_the_result_keys_are_the_papers_and_record_results_fills_them():
@@ -484,9 +516,11 @@ def test_the_result_keys_are_the_papers_and_record_results_fills_them():
     assert report.metrics == pytest.approx(expected)
     assert [r["paper"] for r in report.rows[:3]] == [0.40, 0.38, 0.37]
     assert len(report.parameters["runs"]) == len(runs) + 1 + len(repeats) + len(clip_runs)
-    assert report.parameters["order_holds"] is True
-    assert report.parameters["claims"] == {"order_as_paper": True, "order_beyond_seed_spread": False,
-                                           "accuracy_rises_as_noise_falls": {s: True for s in clip.PAPER_ORDER}}
+    assert report.parameters["order"] == "inside the spread"  # 0.02 and 0.01 apart, seeds moving by 0.03
+    assert report.parameters["claims"] == {
+        "order": "inside the spread", "order_steps": {"claim/flat_beats_adaptive": "inside the spread",
+                                                      "claim/adaptive_beats_uniform": "inside the spread"},
+        "accuracy_rises_as_noise_falls": {s: "confirmed" for s in clip.PAPER_ORDER}}
     assert clip.paper_final(report) == {"flat": 0.40, "per_layer_adaptive": 0.38, "per_layer_uniform": 0.37}
 
 

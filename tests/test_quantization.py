@@ -93,6 +93,11 @@ def test_quantized_accuracy_within_one_point_of_fp32(trained):
     report = compare(trained, quantized, x_test, y_test)
     assert 0.7 < report.fp32_accuracy < 0.99  # a real classifier, not a trivial task
     assert abs(report.accuracy_change) <= 0.01, report
+    # which images each version gets right, for the paired claim check; the JSON-ready numbers leave them out
+    for hits, accuracy in ((report.fp32_correct, report.fp32_accuracy), (report.int8_correct, report.int8_accuracy)):
+        assert hits.dtype == torch.bool and hits.shape == (2000,) and hits.sum().item() / 2000 == accuracy
+    assert set(report.as_dict()) == {"fp32_bytes", "int8_bytes", "fp32_accuracy", "int8_accuracy", "size_reduction",
+                                     "accuracy_change"}
     # the int8 model's predictions are close to, but not the same as, fp32 ones
     with torch.no_grad():
         agree = (trained(x_test).argmax(1) == quantized(x_test).argmax(1)).float().mean().item()

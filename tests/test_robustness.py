@@ -119,6 +119,10 @@ def test_white_box_collapses_accuracy(trained_net):
     result = white_box(trained_net, x[:128], y[:128], AdversarialConfig("pgd"))
     assert result.clean_accuracy > 0.85
     assert result.adversarial_accuracy < result.clean_accuracy - 0.5
+    # the per-image results a paired claim check pairs average to the accuracies
+    assert result.clean_correct.dtype == torch.bool and result.clean_correct.shape == (128,)
+    assert result.clean_correct.float().mean().item() == pytest.approx(result.clean_accuracy)
+    assert result.adversarial_correct.float().mean().item() == pytest.approx(result.adversarial_accuracy)
 
 
 class GradSpy(nn.Module):
@@ -144,6 +148,8 @@ def test_transfer_never_differentiates_the_int8_model(trained_net):
     assert set(result.accuracy["fp32"]) == {"fp32", "int8"}
     assert result.accuracy["fp32"]["fp32"] < result.clean["fp32"]
     assert result.accuracy_loss("fp32", "int8") == pytest.approx(result.clean["int8"] - result.accuracy["fp32"]["int8"])
+    for target, hits in result.correct["fp32"].items():
+        assert hits.shape == (64,) and hits.float().mean().item() == pytest.approx(result.accuracy["fp32"][target])
     with pytest.raises(QuantizedModelError):
         transfer({"int8": int8}, {"fp32": trained_net}, x, y)
     for attack in (fgsm, pgd, fab):
@@ -386,27 +392,120 @@ def test_result_keys_are_those_the_paper_values_are_stored_under():
                                        "DP ε=1.7 int8": "dp_int8"}
 
 
-def test_effect_checks_hold_exactly_when_the_numbers_bear_the_claim_out():
-    from fedrepro.papers import p01_robustness as p01
-    from fedrepro.quantization import QuantizationReport
-    from fedrepro.robustness import WhiteBoxResult
+# --- paper 01's claim checks (fedrepro.claims' criterion) on synthetic per-image results ----------
 
-    small = QuantizationReport(1000, 260, 0.45, 0.452)  # 74% smaller
-    assert p01.int8_effect("cnn", small, 0.85).holds
-    assert not p01.int8_effect("cnn", small, 1.2).holds  # accuracy moved more than the paper's ±1%
-    assert not p01.int8_effect("cnn", QuantizationReport(1000, 400, 0.45, 0.45), 0.0).holds  # only 60% smaller
-    assert p01.white_box_effect(WhiteBoxResult(0.45, 0.08, torch.zeros(0))).holds
-    assert not p01.white_box_effect(WhiteBoxResult(0.45, 0.30, torch.zeros(0))).holds
-    base = WhiteBoxResult(0.45, 0.08, torch.zeros(0))
-    rows = [{"method": "PGD", "regime": "normal", "share": share, "robust": robust, "clean": 0.4}
-            for share, robust in ((0.0, 0.08), (0.2, 0.19), (0.4, 0.21))]
-    trained = p01.adversarial_training_effect("cnn", base, rows)
-    assert trained.holds and "8.0% → 21.0% with 40% PGD data" in trained.text
-    assert not p01.adversarial_training_effect("cnn", WhiteBoxResult(0.45, 0.3, torch.zeros(0)), rows).holds
-    assert p01.adversarial_training_effect("cnn", base, rows[:1]) is None  # no adversarially trained model
-    attacker = [{"panel": "ε = 3.4", "model": model, "share": 0.4, "accuracy": 0.4, "drop": drop}
-                for model, drop in (("normal", 0.03), ("DP ε=3.4", -0.007))]
-    (effect,) = p01.train_time_effects("cnn", attacker, [3.4], [0.4])
-    assert effect.holds and str(effect).endswith("[holds]")
-    attacker[1]["drop"] = 0.05
-    assert not p01.train_time_effects("cnn", attacker, [3.4], [0.4])[0].holds
+def hits(n: int, right: int, flip_wrong: int = 0, flip_right: int = 0) -> torch.Tensor:
+    """``n`` images, the first ``right`` classified right; then the first ``flip_wrong`` of those wrong and the
+    first ``flip_right`` of the others right: a second model scored on the same images."""
+    out = torch.arange(n) < right
+    out[:flip_wrong] = False
+    out[right:right + flip_right] = True
+    return out
+
+
+def quantized(n: int, right: int, flip_wrong: int, flip_right: int):
+    from types import SimpleNamespace
+
+    from fedrepro.quantization import QuantizationReport
+
+    fp32, int8 = hits(n, right), hits(n, right, flip_wrong, flip_right)
+    report = QuantizationReport(1000, 260, fp32.float().mean().item(), int8.float().mean().item(), fp32, int8)
+    return SimpleNamespace(quantization=report)
+
+
+def test_int8_keeps_accuracy_only_when_the_paired_band_lies_within_one_point():
+    from fedrepro.papers import p01_robustness as p01
+
+    checks = p01.int8_checks({"normal": quantized(2000, 900, 4, 2),  # −0.1 point ± 0.24: clearly within ±1
+                              "DP ε=1.7": quantized(2000, 900, 80, 0),  # −4 points: clearly beyond
+                              "DP ε=7": quantized(100, 45, 2, 1)})  # −1 point on 100 images: the band is ±3.5
+    assert [c.verdict for c in checks] == ["confirmed", "contradicted", "inside the spread"]
+    assert all(c.key == "claim/int8_keeps_accuracy" for c in checks)
+    assert checks[0].evidence == ("fp32 45.0% → int8 44.9% on 2000 test images, change -0.10 ± 0.24 (2 se); "
+                                  "room inside ±1 point: +0.90 ± 0.24 (2 se)")
+    # unpaired, the binomial band of two 45% accuracies over 2000 images is ±3.1 points: nothing could be confirmed
+    from fedrepro.claims import compare_proportions, within
+
+    assert within(compare_proportions(0.449, 2000, 0.45, 2000), 0.01).verdict == "inside the spread"
+
+
+def test_white_box_collapse_and_transfer_checks_pair_the_attack_images():
+    from fedrepro.papers import p01_robustness as p01
+    from fedrepro.robustness import TransferResult, WhiteBoxResult
+
+    def result(clean: int, attacked: int, n: int = 500) -> WhiteBoxResult:
+        return WhiteBoxResult(clean / n, attacked / n, torch.zeros(0), hits(n, clean), hits(n, attacked))
+
+    assert p01.white_box_check(result(225, 40)).verdict == "confirmed"  # 45% → 8%: far below half
+    assert p01.white_box_check(result(225, 105)).verdict == "inside the spread"  # 21% against half of 45%
+    assert p01.white_box_check(result(225, 200)).verdict == "contradicted"
+    dp = "DP ε=1.7"
+    correct = {g: {"normal": hits(500, 25), dp: hits(500, 150), "normal int8": hits(500, 25, 0, 50),
+                   f"{dp} int8": hits(500, 150, 1, 2)} for g in ("normal", dp)}
+    accuracy = {g: {t: h.float().mean().item() for t, h in per.items()} for g, per in correct.items()}
+    checks = p01.transfer_checks({(1.7, "pgd"): TransferResult({}, accuracy, {}, correct)})
+    verdicts = {(c.key, c.statement): c.verdict for c in checks}
+    assert verdicts[("claim/int8_resists_transfer", "int8 normal more robust than fp32 to PGD from DP ε=1.7 (ε 1.7)")] \
+        == "confirmed"  # 5% → 15%
+    assert verdicts[("claim/int8_resists_transfer", f"int8 {dp} more robust than fp32 to PGD from normal (ε 1.7)")] \
+        == "inside the spread"  # 30% → 30.2%
+    (dp_check,) = [c for c in checks if c.key == "claim/dp_resists_transfer"]
+    assert dp_check.holds and "DP ε=1.7 30.0% vs normal 5.0% on 500 images" in dp_check.evidence
+    assert len(checks) == 4 + 1
+    assert not [c for c in p01.transfer_checks({(1.7, "fgsm"): TransferResult({}, accuracy, {}, correct)})
+                if c.key == "claim/dp_resists_transfer"]  # the paper's 30% vs 5% is a PGD number
+
+
+def test_adversarial_training_and_train_time_checks():
+    from fedrepro.papers import p01_robustness as p01
+
+    rows = [{"regime": "normal", "method": "PGD", "share": share, "robust": (40 - lost + won) / 500,
+             "robust_correct": hits(500, 40, lost, won)} for share, lost, won in ((0.0, 0, 0), (0.2, 5, 60), (0.4, 15, 20))]
+    rows.append({**rows[1], "method": "FGSM"})  # only PGD training is checked
+    checks = p01.adversarial_training_checks(rows)
+    # 8% → 19%; 8% → 9% with 35 images changing sides
+    assert [c.verdict for c in checks] == ["confirmed", "inside the spread"]
+    assert "8.0% → 19.0% on 500 attack images" in checks[0].evidence
+
+    def attacker(normal_drop: float, dp_drop: float) -> list[dict]:
+        return [{"panel": "ε = 3.4", "model": model, "share": share, "accuracy": 0.45 - drop * (share > 0)}
+                for model, drop in (("normal", normal_drop), ("DP ε=3.4", dp_drop)) for share in (0.0, 0.4)]
+
+    (clear,) = p01.train_time_checks(attacker(0.10, 0.0), 2000, [3.4], [0.4])
+    assert clear.verdict == "confirmed" and clear.key == "claim/dp_damps_attacker"
+    # the quick tier's kind of difference: 3 points against −0.7, each drop ± 3.1 points (binomial, 2000 images)
+    (small,) = p01.train_time_checks(attacker(0.03, -0.007), 2000, [3.4], [0.4])
+    assert small.verdict == "inside the spread" and "on 2000 test images (binomial)" in small.evidence
+    (reversed_,) = p01.train_time_checks(attacker(0.0, 0.12), 2000, [3.4], [0.4])
+    assert reversed_.verdict == "contradicted"
+
+
+def test_claim_checks_are_recorded_as_each_claims_share_of_settings():
+    from types import SimpleNamespace
+
+    from fedrepro import claims
+    from fedrepro.papers import p01_robustness as p01
+    from fedrepro.results import Report
+    from fedrepro.robustness import TransferResult, WhiteBoxResult
+
+    params = p01.RobustnessParameters(poison_epsilons=(3.4,), poison_shares=(0.4,))
+    setup = SimpleNamespace(params=params, data=SimpleNamespace(test=range(2000)))
+    models = {"normal": quantized(2000, 900, 4, 2), "DP ε=1.7": quantized(2000, 900, 80, 0)}
+    white = {("normal", "pgd"): WhiteBoxResult(0.45, 0.08, torch.zeros(0), hits(500, 225), hits(500, 40))}
+    same = {g: {t: hits(500, 100) for t in ("normal", "DP ε=7", "normal int8", "DP ε=7 int8")}
+            for g in ("normal", "DP ε=7")}
+    transfers = {(7.0, "pgd"): TransferResult({}, {g: {t: 0.2 for t in per} for g, per in same.items()}, {}, same)}
+    rows = [{"regime": "normal", "method": "PGD", "share": s, "robust": 0.08, "robust_correct": hits(500, 40)}
+            for s in (0.0, 0.2)]
+    attacker = [{"panel": "ε = 3.4", "model": m, "share": s, "accuracy": a} for m, s, a in
+                (("normal", 0.0, 0.45), ("normal", 0.4, 0.30), ("DP ε=3.4", 0.0, 0.30), ("DP ε=3.4", 0.4, 0.30))]
+    checks = p01.claim_checks(setup, models, white, transfers, rows, attacker)
+    report = Report("01_robustness", paper="01", tier="smoke", parameters={})
+    assert claims.record(report, checks) is checks
+    assert report.metrics == {"claim/int8_keeps_accuracy": 0.5, "claim/white_box_collapses": 1.0,
+                              "claim/int8_resists_transfer": 0.0, "claim/dp_resists_transfer": 0.0,
+                              "claim/adversarial_training_helps": 0.0, "claim/dp_damps_attacker": 1.0}
+    table = claims.checks_table(checks, claim="claim (paper 01)")
+    assert table.startswith("| claim (paper 01) | verdict | evidence |") and table.endswith(claims.CRITERION)
+    assert table.count("**inside the spread**") == 4 + 1 + 1  # identical transfer results, unchanged training
+    assert all(line.count("|") == 4 for line in table.splitlines()[:-2])  # no evidence breaks the table's columns

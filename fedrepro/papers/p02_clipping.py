@@ -11,8 +11,9 @@ Everything notebook 02 runs, so that a test can reach it:
 * the tables (:func:`sweep_table`, :func:`budget_text`, :func:`clipping_or_noise_table`,
   :func:`gradient_text`) and the result keys of ``fedrepro/paper_results/02.yaml``
   (:func:`final_key`, ...), filled in by :func:`record_results`;
-* the paper's claims as checks: :func:`order_claim` (flat > adaptive > uniform, against the
-  seed-to-seed spread) and :func:`noise_trends` (accuracy rises as σ falls).
+* the paper's claims as checks by :mod:`fedrepro.claims`' criterion (:func:`claim_checks`):
+  :func:`order_claim` (flat > adaptive > uniform at the smallest σ) and :func:`noise_trends` (accuracy
+  rises as σ falls), over seeds where ``repeat_seeds`` measured them, else binomial over the test images.
 
 The figures are in :mod:`fedrepro.papers.p02_plots`; DP-SGD, the clipping strategies and the
 accounting they compose are in :mod:`fedrepro.privacy`.
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fedrepro import claims
 from fedrepro.data import ClientSplit, FederatedData, ImageDataset, load_federated
 from fedrepro.federation import BACKENDS, run_federation
 from fedrepro.fl import FedAvgConfig
@@ -162,6 +164,7 @@ class PrivateRun:
     num_clients: int = 0
     seconds: float = 0.0
     label: str = ""
+    test_size: int = 0  # test images the accuracies are over: the binomial spread of a single run
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # the final global model
 
     def as_dict(self) -> dict[str, Any]:
@@ -200,7 +203,7 @@ def run_private(factory: Callable[[], nn.Module], train: ImageDataset, test: Ima
     accuracies = [h["test_accuracy"] for h in result.history]
     common = dict(final_accuracy=result.final_accuracy, mean_accuracy=sum(accuracies) / len(accuracies),
                   history=result.history, num_clients=len(splits), seconds=time.perf_counter() - started, label=label,
-                  model=result.model)
+                  test_size=len(test), model=result.model)
     if trainer is None:
         return PrivateRun(NON_PRIVATE, 0.0, math.inf, {}, math.nan, "", **common)
     # read from the history, not the trainer: with FedAvgConfig.workers the accountants live in worker processes
@@ -493,37 +496,29 @@ def sweep_table(runs: Sequence[PrivateRun], metric: str = "final_accuracy") -> s
 
 def compare_with_paper(runs: Sequence[PrivateRun], paper_order: Sequence[str] = PAPER_ORDER,
                        repeats: Sequence[PrivateRun] = (), metric: str = "final_accuracy") -> dict[str, Any]:
-    """Check the paper's reading (``paper_order``, best first) against a sweep; returns numbers and a text verdict.
+    """The paper's reading (``paper_order``, best first) beside a sweep: the ranking at the smallest σ, wins
+    and means over the sweep, and the order's verdict by the claim criterion (:func:`order_claim`).
 
-    ``repeats``: extra runs at the smallest σ with other seeds, whose spread says how large a gap
-    between strategies must be before it means anything.
+    ``repeats``: extra runs at the smallest σ with other seeds, whose spread the order is judged against.
     """
     runs = [r for r in runs if r.strategy in paper_order]
-    sigma = min(r.noise_multiplier for r in runs)
-    last = ranking(runs, sigma, metric)
-    order = [s for s, _ in last]
+    order = order_claim(runs, repeats, paper_order, metric)
+    last = ranking(runs, order.sigma, metric)
     pairs = [(a, b) for i, a in enumerate(paper_order) for b in paper_order[i + 1:]]
     pair_wins = {f"{a}>{b}": wins(runs, a, b, metric) for a, b in pairs}
     means = {s: mean_metric(runs, s, metric) for s in paper_order}
-    lines = [f"At the smallest σ = {sigma:.3g} (the paper's last run): "
+    lines = [f"At the smallest σ = {order.sigma:.3g} (the paper's last run): "
              + " > ".join(f"{LABELS.get(s, s)} {v:.3f}" for s, v in last) + ".",
-             f"The paper's order {' > '.join(LABELS.get(s, s) for s in paper_order)} "
-             + ("holds" if order == list(paper_order) else "does not hold") + " there.",
              "Across the sweep, " + "; ".join(f"{LABELS.get(a, a)} beats {LABELS.get(b, b)} at {w}/{n} σ values"
                                               for (a, b), (w, n) in zip(pairs, pair_wins.values())) + ".",
              "Mean over the sweep: " + ", ".join(f"{LABELS.get(s, s)} {v:.3f}" for s, v in means.items()) + "."]
-    spread = None
-    if repeats:
-        same = seed_values(runs, repeats, metric)
-        spread = seed_spread(same)
-        gap = last[0][1] - last[-1][1]
-        seed_means = {s: sum(v) / len(v) for s, v in same.items()}
-        seed_order = sorted(seed_means, key=lambda s: -seed_means[s])
-        lines.append(f"Over {1 + len(repeats) // max(len(same), 1)} seeds at σ = {sigma:.3g}, one strategy's accuracy varies "
-                     f"by up to {spread:.3f} from seed to seed, against a gap of {gap:.3f} between best and worst strategy; "
-                     f"seed means: " + " > ".join(f"{LABELS.get(s, s)} {seed_means[s]:.3f}" for s in seed_order) + ".")
-    return {"sigma": sigma, "ranking": last, "order_holds": order == list(paper_order), "pair_wins": pair_wins,
-            "means": means, "seed_spread": spread, "text": "\n".join(lines)}
+    spread = seed_spread(order.values)
+    if spread is not None:
+        lines.append(f"Over {order.seeds} seeds at σ = {order.sigma:.3g}, one strategy's accuracy varies by up to "
+                     f"{spread:.3f} from seed to seed.")
+    lines.append(order.text())
+    return {"sigma": order.sigma, "ranking": last, "order": order.verdict, "pair_wins": pair_wins, "means": means,
+            "seed_spread": spread, "text": "\n".join(lines)}
 
 
 # --- the paper's claims, checked --------------------------------------------------------------
@@ -544,61 +539,74 @@ def seed_spread(values: Mapping[str, Sequence[float]]) -> float | None:
     return max(ranges) if ranges else None
 
 
+def strategy_gap(better: Sequence[float], worse: Sequence[float], test_size: int) -> tuple[claims.Comparison, str]:
+    """``better`` − ``worse``, accuracies of two strategies at one σ, and the spread it is judged by: over
+    seeds (Welch) when both have at least 2, else binomial over the ``test_size`` test images of each run."""
+    if min(len(better), len(worse)) > 1:
+        return claims.compare(better, worse), f"over {min(len(better), len(worse))} seeds"
+    mean_a, mean_b = sum(better) / len(better), sum(worse) / len(worse)
+    return claims.compare_proportions(mean_a, test_size, mean_b, test_size), f"binomial over {test_size} test images"
+
+
 @dataclass
 class OrderClaim:
-    """The paper's 'flat > adaptive > uniform' at its last run (the smallest σ), over the seeds we ran.
-
-    The order *holds* when the seed means rank the strategies as the paper does; it is *resolved* when,
-    in addition, each step of the paper's order is wider than the largest seed-to-seed range of one
-    strategy — with one seed per strategy nothing is resolved.
+    """The paper's 'flat > adaptive > uniform' at its last run (the smallest σ), step by step by
+    :data:`fedrepro.claims.CRITERION` (:func:`strategy_gap`: over seeds when ``repeat_seeds`` gave each
+    strategy 2 values or more there, else binomial over the test images). Confirmed when every step of the
+    paper's order among the strategies run is, contradicted when any step is.
     """
 
     sigma: float
-    means: dict[str, float]
-    seeds: int
-    spread: float | None
+    values: dict[str, list[float]]  # per strategy: the sweep's run, then one per extra seed
+    test_size: int
     paper_order: tuple[str, ...] = PAPER_ORDER
 
     @property
-    def order(self) -> list[str]:
-        return sorted(self.means, key=lambda s: -self.means[s])
+    def means(self) -> dict[str, float]:
+        return {s: sum(v) / len(v) for s, v in self.values.items()}
 
     @property
-    def holds(self) -> bool:
-        return self.order == list(self.paper_order)
+    def seeds(self) -> int:
+        return max(len(v) for v in self.values.values())
+
+    def steps(self) -> list[tuple[str, str, claims.Comparison, str]]:
+        """(better, worse, comparison, spread) for each consecutive pair of the paper's order that we ran."""
+        ran = [s for s in self.paper_order if s in self.values]
+        return [(a, b, *strategy_gap(self.values[a], self.values[b], self.test_size)) for a, b in zip(ran, ran[1:])]
 
     @property
-    def gaps(self) -> list[float]:
-        """mean(better) − mean(worse) for each consecutive pair of the paper's order that we ran."""
-        ran = [s for s in self.paper_order if s in self.means]
-        return [self.means[a] - self.means[b] for a, b in zip(ran, ran[1:])]
+    def verdict(self) -> str:
+        verdicts = [comparison.verdict for _, _, comparison, _ in self.steps()]
+        if not verdicts or claims.NO_SPREAD in verdicts:
+            return claims.NO_SPREAD
+        if claims.CONTRADICTED in verdicts:
+            return claims.CONTRADICTED
+        return claims.CONFIRMED if all(v == claims.CONFIRMED for v in verdicts) else claims.INSIDE
 
-    @property
-    def resolved(self) -> bool:
-        return self.holds and self.spread is not None and all(gap > self.spread for gap in self.gaps)
+    def checks(self) -> list[claims.ClaimCheck]:
+        """One check per step, each under its own key (``claim/flat_beats_adaptive``, ...)."""
+        means = self.means
+        return [claims.check(f"claim/{LABELS[a]}_beats_{LABELS[b]}",
+                             f"{LABELS[a]} beats {LABELS[b]} at σ = {self.sigma:.3g} (paper: flat > adaptive > "
+                             "uniform)", comparison, f"{LABELS[a]} {means[a]:.3f} vs {LABELS[b]} {means[b]:.3f}, {spread}")
+                for a, b, comparison, spread in self.steps()]
 
     def text(self) -> str:
-        ranked = " > ".join(f"{LABELS.get(s, s)} {self.means[s]:.3f}" for s in self.order)
         paper = " > ".join(LABELS.get(s, s) for s in self.paper_order)
-        if not self.holds:
-            verdict = "does not hold"
-        elif self.spread is None:
-            verdict = "holds, but one seed gives no spread to judge the gaps by"
-        else:
-            verdict = ("holds beyond" if self.resolved else "holds, but not beyond") + \
-                f" the seed-to-seed spread {self.spread:.3f} (gaps " + ", ".join(f"{g:.3f}" for g in self.gaps) + ")"
-        return f"Claim '{paper}' at σ = {self.sigma:.3g} (mean of {self.seeds} seed(s): {ranked}): {verdict}."
+        steps = "; ".join(f"{LABELS[a]} − {LABELS[b]} {c.estimate()} ({spread}): {c.verdict}"
+                          for a, b, c, spread in self.steps())
+        return f"The paper's order {paper} at σ = {self.sigma:.3g}, by the claim criterion: {self.verdict}" + \
+            (f" ({steps})." if steps else " (one strategy: no order to check).")
 
 
 def order_claim(runs: Sequence[PrivateRun], repeats: Sequence[PrivateRun] = (), paper_order: Sequence[str] = PAPER_ORDER,
                 metric: str = "final_accuracy") -> OrderClaim:
     """:class:`OrderClaim` from a sweep and its extra seeds at the smallest σ (strategies outside the paper's
     order ignored)."""
-    values = seed_values([r for r in runs if r.strategy in paper_order], [r for r in repeats if r.strategy in paper_order],
-                         metric)
-    return OrderClaim(sigma=min(r.noise_multiplier for r in runs), means={s: sum(v) / len(v) for s, v in values.items()},
-                      seeds=max(len(v) for v in values.values()), spread=seed_spread(values),
-                      paper_order=tuple(paper_order))
+    ran = [r for r in runs if r.strategy in paper_order]
+    values = seed_values(ran, [r for r in repeats if r.strategy in paper_order], metric)
+    return OrderClaim(sigma=min(r.noise_multiplier for r in runs), values=values,
+                      test_size=min(r.test_size for r in ran), paper_order=tuple(paper_order))
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
@@ -611,53 +619,63 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
 
 @dataclass
 class NoiseTrend:
-    """One strategy's accuracy over the sweep. The paper's trade-off (Figure 1: accuracy rises as σ falls)
-    holds when Kendall's τ between σ and accuracy is negative and the gain from the largest to the
-    smallest σ exceeds ``spread`` (the seed-to-seed range; 0 when unknown)."""
+    """One strategy's accuracy from the largest to the smallest σ of the sweep (the paper's Figure 1:
+    accuracy rises as σ falls), by :data:`fedrepro.claims.CRITERION`. With 2 seeds or more at the smallest σ,
+    their mean against the largest σ's single run, se = s·√(1/n + 1) with the seeds' standard deviation s
+    taken for both ends (:func:`fedrepro.claims.compare_to_single`); otherwise the two runs' accuracies with
+    the binomial error over their test images. Kendall's τ between σ and accuracy over the sweep is shown."""
 
     strategy: str
     sigmas: tuple[float, float]  # largest, smallest
-    accuracies: tuple[float, float]  # at those σ
+    accuracies: tuple[float, float]  # the sweep's runs at those σ
     tau: float
-    spread: float | None
+    comparison: claims.Comparison  # smallest σ − largest σ
+    spread: str  # which spread the comparison used
 
     @property
-    def gain(self) -> float:
-        return self.accuracies[1] - self.accuracies[0]
+    def verdict(self) -> str:
+        return self.comparison.verdict
 
-    @property
-    def holds(self) -> bool:
-        return self.tau < 0 and self.gain > (self.spread or 0.0)
-
-    def text(self) -> str:
-        against = f"the seed-to-seed spread {self.spread:.3f}" if self.spread is not None else "0 (one seed)"
-        return (f"{LABELS.get(self.strategy, self.strategy)}: {self.accuracies[0]:.3f} at σ = {self.sigmas[0]:.3g} → "
-                f"{self.accuracies[1]:.3f} at σ = {self.sigmas[1]:.3g} (gain {self.gain:+.3f} against {against}; "
-                f"Kendall τ(σ, accuracy) = {self.tau:+.2f}): accuracy "
-                + ("rises as noise falls" if self.holds else "does not clearly rise as noise falls") + ".")
+    def check(self) -> claims.ClaimCheck:
+        label = LABELS.get(self.strategy, self.strategy)
+        return claims.check("claim/accuracy_rises_as_noise_falls", f"{label}: accuracy rises as noise falls",
+                            self.comparison,
+                            f"{self.accuracies[0]:.3f} at σ = {self.sigmas[0]:.3g} → {self.accuracies[1]:.3f} at "
+                            f"σ = {self.sigmas[1]:.3g}, Kendall τ(σ, accuracy) = {self.tau:+.2f}, {self.spread}")
 
 
-def noise_trends(runs: Sequence[PrivateRun], spread: float | None = None,
+def noise_trends(runs: Sequence[PrivateRun], repeats: Sequence[PrivateRun] = (),
                  metric: str = "final_accuracy") -> list[NoiseTrend]:
-    """:class:`NoiseTrend` of every strategy with at least two σ values in ``runs``."""
+    """:class:`NoiseTrend` of every strategy with at least two σ values in ``runs``; ``repeats`` are the extra
+    seeds at the smallest σ."""
+    seeds = seed_values(runs, repeats, metric)
     trends = []
     for strategy, group in by_strategy(runs).items():  # each group by decreasing σ
         if len(group) < 2:
             continue
         values = [getattr(r, metric) for r in group]
+        at_smallest = seeds.get(strategy, [])
+        if len(at_smallest) > 1:
+            comparison = claims.compare_to_single(at_smallest, values[0])
+            spread = f"seed spread over {len(at_smallest)} seeds at σ = {group[-1].noise_multiplier:.3g}"
+        else:
+            comparison = claims.compare_proportions(values[-1], group[-1].test_size, values[0], group[0].test_size)
+            spread = f"binomial over {group[-1].test_size} test images"
         trends.append(NoiseTrend(strategy, (group[0].noise_multiplier, group[-1].noise_multiplier),
-                                 (values[0], values[-1]), kendall_tau([r.noise_multiplier for r in group], values), spread))
+                                 (values[0], values[-1]), kendall_tau([r.noise_multiplier for r in group], values),
+                                 comparison, spread))
     return trends
 
 
-def claims_text(order: OrderClaim, trends: Sequence[NoiseTrend]) -> str:
-    return "\n".join([order.text(), *(trend.text() for trend in trends)])
+def claim_checks(order: OrderClaim, trends: Sequence[NoiseTrend]) -> list[claims.ClaimCheck]:
+    """The paper's two claims, checked; record them with :func:`fedrepro.claims.record`."""
+    return [*order.checks(), *(trend.check() for trend in trends)]
 
 
 def claims_summary(order: OrderClaim, trends: Sequence[NoiseTrend]) -> dict[str, Any]:
     """The verdicts, JSON-ready, for ``results.json``."""
-    return {"order_as_paper": order.holds, "order_beyond_seed_spread": order.resolved,
-            "accuracy_rises_as_noise_falls": {t.strategy: t.holds for t in trends}}
+    return {"order": order.verdict, "order_steps": {c.key: c.verdict for c in order.checks()},
+            "accuracy_rises_as_noise_falls": {t.strategy: t.verdict for t in trends}}
 
 
 # --- result keys (fedrepro/paper_results/02.yaml) and what a run records ---------------------------
@@ -726,6 +744,6 @@ def record_results(report, params: ClippingParameters, baseline: PrivateRun, run
                                setting=f"{params.extension_clients} clients, {LABELS[run.strategy]}, "
                                        f"σ = {run.noise_multiplier:g} (ε = {run.epsilon:.3g})")
     report.parameters["runs"] = [r.as_dict() for r in [*runs, *list_runs, *repeats, *clip_runs]]
-    report.parameters["order_holds"] = verdict["order_holds"]
+    report.parameters["order"] = verdict["order"]
     if claims is not None:
         report.parameters["claims"] = dict(claims)

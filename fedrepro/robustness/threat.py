@@ -34,24 +34,38 @@ def attack_images(dataset, count: int | None = None, seed: int = 0) -> tuple[tor
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` (taking [0, 1] images) on ``x``, forward only, in eval mode."""
-    if len(y) == 0:
-        return float("nan")
+def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Per image, whether ``model``'s top-1 class is the label (bool, on the CPU), forward only, in eval mode:
+    what an accuracy averages, and what a paired comparison of two models on the same images pairs."""
     device = model_device(model)
-    correct = 0
+    hits = [torch.zeros(0, dtype=torch.bool)]
     with eval_mode(model):
         for start in range(0, len(y), batch_size):
             logits = model(x[start:start + batch_size].detach().to(device))
-            correct += (logits.argmax(1).cpu() == y[start:start + batch_size].cpu()).sum().item()
-    return correct / len(y)
+            hits.append(logits.argmax(1).cpu() == y[start:start + batch_size].cpu())
+    return torch.cat(hits)
+
+
+def hit_rate(hits: torch.Tensor) -> float:
+    """The share of ``True`` in :func:`correct`'s result (an exact fraction); NaN without images."""
+    return hits.sum().item() / len(hits) if len(hits) else float("nan")
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` (taking [0, 1] images) on ``x``, forward only, in eval mode."""
+    return hit_rate(correct(model, x, y, batch_size))
 
 
 @dataclass
 class WhiteBoxResult:
+    """Clean and attacked accuracy; ``*_correct`` say which attack images each got right (None when built
+    from the accuracies alone)."""
+
     clean_accuracy: float
     adversarial_accuracy: float
     adversarial: torch.Tensor = field(repr=False)
+    clean_correct: torch.Tensor | None = field(default=None, repr=False)
+    adversarial_correct: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def accuracy_loss(self) -> float:
@@ -63,16 +77,19 @@ def white_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Advers
     """Attack the float ``model`` itself; clean and adversarial accuracy on the [0, 1] images ``x``."""
     require_float(model)
     adversarial = attack_dataset(model, x, y, config, batch_size, seed, progress)
-    return WhiteBoxResult(accuracy(model, x, y), accuracy(model, adversarial, y), adversarial)
+    clean, attacked = correct(model, x, y), correct(model, adversarial, y)
+    return WhiteBoxResult(hit_rate(clean), hit_rate(attacked), adversarial, clean, attacked)
 
 
 @dataclass
 class TransferResult:
-    """``accuracy[generator][target]``: target accuracy on the generator's adversarial examples."""
+    """``accuracy[generator][target]``: target accuracy on the generator's adversarial examples;
+    ``correct[generator][target]``: which of them the target still classifies right."""
 
     clean: dict[str, float]
     accuracy: dict[str, dict[str, float]]
     adversarial: dict[str, torch.Tensor] = field(repr=False)
+    correct: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def accuracy_loss(self, generator: str, target: str) -> float:
         """Clean minus adversarial accuracy of ``target`` (paper 01's Figure 4 quantity)."""
@@ -97,5 +114,6 @@ def transfer(generators: dict[str, nn.Module], targets: dict[str, nn.Module], x:
         if name not in made:
             made[name] = attack_dataset(generator, x, y, config, batch_size, seed, progress)
     clean = {name: accuracy(target, x, y) for name, target in targets.items()}
-    result = {g: {t: accuracy(target, made[g], y) for t, target in targets.items()} for g in generators}
-    return TransferResult(clean, result, {g: made[g] for g in generators})
+    hits = {g: {t: correct(target, made[g], y) for t, target in targets.items()} for g in generators}
+    result = {g: {t: hit_rate(h) for t, h in per_target.items()} for g, per_target in hits.items()}
+    return TransferResult(clean, result, {g: made[g] for g in generators}, hits)
