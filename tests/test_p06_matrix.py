@@ -48,7 +48,7 @@ def _victims(data: FederatedData, count: int) -> Victims:
 
 def test_parameters_are_checked_with_one_message_per_mistake():
     params = mx.MatrixParameters()
-    assert [row.label for row in params.rows] == list(params.defenses)
+    assert [row.label for row in params.rows] == [spec.replace("prune:ratio", "gc:p") for spec in params.defenses]
     assert set(dataclasses.asdict(params)) == {f.name for f in dataclasses.fields(mx.MatrixParameters)}
     config = params.fedavg_config()
     assert (config.rounds, config.patience, config.optimizer, config.lr) == (params.rounds, None, "adam", 1e-3)
@@ -197,6 +197,10 @@ def test_the_study_fills_every_cell_and_records_it():
     cells = study.run()
     plain = study.rows_by_kind("plain")
     assert all(study.model(row, "untrained") is study.model(plain[0], "untrained") for row in plain)
+    shared = study.model(plain[0], "untrained").state_dict()
+    for row in plain:  # stacking them is right: every row without a bottleneck starts from the same weights
+        own = study.trained[row.label].states["untrained"].state_dict()
+        assert all(torch.equal(own[k], shared[k]) for k in shared)
     assert study.model(plain[0], "trained") is not study.model(plain[1], "trained")
     expected = len(params.states) * (len(params.defenses) * 2 + 1)  # eot_ignore runs on the CVB only
     assert len(cells) == expected
