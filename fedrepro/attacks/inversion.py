@@ -45,6 +45,7 @@ INITS = ("gaussian", "uniform", "pattern")
 LABEL_STRATEGIES = ("known", "idlg", "joint")
 SCHEDULES = ("none", "step", "plateau")
 OBSERVATIONS = ("any", "gradient", "update")
+DRAW_MODES = ("loss", "gradient")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class AttackConfig:
     ``observation``: the view kinds the attack is meant for (``any``, ``gradient`` or ``update``). Every
     config attacks both kinds: on an ``update`` view the objective simulates the client's local steps
     (see :mod:`fedrepro.attacks.local`); a preset made for one kind refuses the other.
+    ``draws``: expectation over the model's own randomness (EOT). A stochastic model (PRECODE's or the
+    CVB's sampling) gives another gradient in every forward pass; with ``draws = S`` each evaluation runs
+    the dummy through the model S times, each with fresh noise, and the objective is the mean of the S
+    gradient distances (an S-sample estimate of the expected distance) plus the priors once. ``1`` is
+    the plain attack: one draw per evaluation. It multiplies the cost of an evaluation by S and changes
+    nothing on a deterministic model but the time.
     """
 
     distance: str = "cosine"
@@ -87,16 +94,19 @@ class AttackConfig:
     lbfgs_history: int = 100
     source: str = ""
     observation: str = "any"
+    draws: int = 1
+    draw_mode: str = "loss"
 
     def __post_init__(self) -> None:
         checks = {"distance": (self.distance, tuple(DISTANCES)), "optimizer": (self.optimizer, INVERSION_OPTIMIZERS),
                   "init": (self.init, INITS), "labels": (self.labels, LABEL_STRATEGIES),
-                  "schedule": (self.schedule, SCHEDULES), "observation": (self.observation, OBSERVATIONS)}
+                  "schedule": (self.schedule, SCHEDULES), "observation": (self.observation, OBSERVATIONS),
+                  "draw_mode": (self.draw_mode, DRAW_MODES)}
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{key}={value!r}; choose one of {', '.join(allowed)}")
-        if self.max_iterations < 1 or self.restarts < 1:
-            raise ValueError("max_iterations and restarts must be >= 1")
+        if self.max_iterations < 1 or self.restarts < 1 or self.draws < 1:
+            raise ValueError("max_iterations, restarts and draws must be >= 1")
         if self.label_weight and self.labels == "joint":
             raise ValueError("the label regulariser needs fixed labels (known or idlg), not joint optimisation")
         if self.layers is not None:
@@ -129,12 +139,15 @@ class AttackResult:
 # --- the engine ----------------------------------------------------------------------------------
 
 def invert(view: ServerView, config: AttackConfig, seed: int = 0, chunk_size: int | None = None,
-           progress: bool = True, im2col: bool = True, memory_budget: float = 2e9) -> AttackResult:
+           progress: bool = True, im2col: bool = True, memory_budget: float = 2e9,
+           init_keys: Sequence[int] | torch.Tensor | None = None) -> AttackResult:
     """Attack every victim of ``view`` with ``config``; victims × restarts run in batched chunks.
 
     ``chunk_size`` problems are solved together (default: as many as ``memory_budget`` bytes allow;
     1 is the classic one-image-at-a-time loop). ``im2col`` allows the unfold + matmul convolutions of
-    :mod:`fedrepro.attacks.objective`.
+    :mod:`fedrepro.attacks.objective`. ``init_keys`` (one integer per victim; default: its position in
+    the view) names the stream each victim's starting point is drawn from, so a caller that stacks the
+    victims of several experiments into one view can give a victim the same start in every stack.
     """
     if config.observation not in ("any", view.kind):
         raise ThreatModelError(f"this attack is made for a shared {config.observation}, but the server view holds "
@@ -144,6 +157,9 @@ def invert(view: ServerView, config: AttackConfig, seed: int = 0, chunk_size: in
     labels = _labels(view, config)
     labels = None if labels is None else labels.to(objective.device)
     victims, restarts = view.num_victims, config.restarts
+    keys = torch.arange(victims) if init_keys is None else torch.as_tensor(init_keys, dtype=torch.long).cpu()
+    if keys.shape != (victims,):
+        raise ValueError(f"init_keys needs one key per victim ({victims}), got shape {tuple(keys.shape)}")
     problems = victims * restarts
     size = chunk_size or auto_chunk_size(view, config, names, memory_budget)
     images = torch.empty(problems, view.num_images, *view.image_shape, dtype=objective.dtype, device=objective.device)
@@ -156,7 +172,8 @@ def invert(view: ServerView, config: AttackConfig, seed: int = 0, chunk_size: in
         for start in chunks:
             ids = torch.arange(start, min(start + size, problems), device=objective.device)
             torch.manual_seed(generator(seed, "model-noise", start).initial_seed())
-            result = _solve(objective, view, config, ids // restarts, ids % restarts, labels, seed, progress)
+            result = _solve(objective, view, config, ids // restarts, ids % restarts, labels, seed, progress,
+                            keys[(ids // restarts).cpu()])
             images[ids], found[ids], losses[ids], spent[ids] = result
     restart_losses = losses.view(victims, restarts)
     best = torch.nan_to_num(restart_losses, nan=math.inf).argmin(1)
@@ -174,7 +191,7 @@ def auto_chunk_size(view: ServerView, config: AttackConfig, names: Sequence[str]
         params = steps * sum(p.numel() for p in view.model.parameters() if p.requires_grad)
         image = image * steps * (view.local.batch_size or view.num_images) // view.num_images
     state = 2 * config.lbfgs_history * image if config.optimizer == "lbfgs" else 3 * image
-    per_problem = 4 * (8 * params + 64 * image + state)
+    per_problem = 4 * (8 * params + 64 * image) * config.draws + 4 * state
     return int(max(1, min(view.num_victims * config.restarts, budget // per_problem)))
 
 
@@ -223,15 +240,17 @@ def _initial(view: ServerView, config: AttackConfig, victims: torch.Tensor, rest
 
 
 def _solve(objective: Objective, view: ServerView, config: AttackConfig, victims: torch.Tensor,
-           restarts: torch.Tensor, labels: torch.Tensor | None, seed: int, progress: bool):
-    """Run one chunk of problems to the end; returns images, labels, final distances, iterations."""
+           restarts: torch.Tensor, labels: torch.Tensor | None, seed: int, progress: bool,
+           keys: torch.Tensor | None = None):
+    """Run one chunk of problems to the end; returns images, labels, final distances, iterations.
+    ``keys``: each problem's initialisation stream (default: its victim's position)."""
     dtype, device = objective.dtype, objective.device
     n, shape = view.num_images, view.image_shape
     image_size = n * math.prod(shape)
     targets, target_norm = objective.targets(view.gradients, victims)
     fixed = None if labels is None else labels[victims]
     num_classes = _num_classes(objective, view)
-    z = _initial(view, config, victims, restarts, seed, num_classes, dtype, device)
+    z = _initial(view, config, victims.cpu() if keys is None else keys, restarts, seed, num_classes, dtype, device)
     count = z.shape[0]
     mean = torch.tensor(view.mean, dtype=dtype, device=device).view(-1, 1, 1)
     std = torch.tensor(view.std, dtype=dtype, device=device).view(-1, 1, 1)

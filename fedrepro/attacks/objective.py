@@ -227,18 +227,43 @@ class Objective:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor | None,
                  targets: list[torch.Tensor], target_norm: torch.Tensor, priors: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-problem objective ``(P,)`` (graph attached to ``x``/``y``) and its gradient-distance part."""
-        (grads, deltas), (logits, inputs) = self.problem_gradients(self.selected, self.probes, x, y)
+        """Per-problem objective ``(P,)`` (graph attached to ``x``/``y``) and its gradient-distance part.
+
+        With ``config.draws = S > 1`` every problem is evaluated S times (one row each, so ``vmap`` gives
+        every row fresh model noise): ``draw_mode="loss"`` averages the S distances (and label terms),
+        ``"gradient"`` matches the mean of the S gradients."""
+        draws, mode = self.config.draws, self.config.draw_mode
+        rows_x, rows_y, rows_labels = x, y, labels
+        if draws > 1:
+            rows_x, rows_y = x.repeat_interleave(draws, 0), y.repeat_interleave(draws, 0)
+            rows_labels = None if labels is None else labels.repeat_interleave(draws, 0)
+            if mode == "loss":
+                targets = [t.repeat_interleave(draws, 0) for t in targets]
+                target_norm = target_norm.repeat_interleave(draws, 0)
+        (grads, deltas), (logits, inputs) = self.problem_gradients(self.selected, self.probes, rows_x, rows_y)
         dense = [grads[k] for k in self.dense]
+        if draws > 1 and mode == "gradient":
+            dense = [g.view(-1, draws, *g.shape[1:]).mean(1) for g in dense]
+            # a ghost layer's mean gradient is one ghost over the positions of all draws, d scaled by 1/S
+            deltas = {k: (d.reshape(-1, draws * d[0].numel() // d.shape[-1], d.shape[-1]) / draws)
+                      for k, d in deltas.items()}
+            inputs = {k: u.reshape(-1, draws * u[0].numel() // u.shape[-1], u.shape[-1]) for k, u in inputs.items()}
         if self.config.distance != "cosine":
             distance = DISTANCES[self.config.distance](dense, targets, target_norm)
         else:
             distance = self._cosine(dense, deltas, inputs, targets, target_norm)
+        label_term = None
+        if priors and self.config.label_weight:
+            label_term = label_distance(logits, rows_labels)
+            if draws > 1:
+                label_term = label_term.view(-1, draws).mean(1)
+        if draws > 1 and mode == "loss":
+            distance = distance.view(-1, draws).mean(1)
         total = distance
         if priors and self.config.tv_weight:
             total = total + self.config.tv_weight * total_variation(x)
-        if priors and self.config.label_weight:
-            total = total + self.config.label_weight * label_distance(logits, labels)
+        if label_term is not None:
+            total = total + self.config.label_weight * label_term
         return total, distance
 
     def _cosine(self, dense: list[torch.Tensor], deltas: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],

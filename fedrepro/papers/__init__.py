@@ -13,6 +13,7 @@ paper                          protocol module (figures)
 04 PRECODE vs CVB               :mod:`p04_cvb` (:mod:`p04_training`, :mod:`p04_leakage`, :mod:`p04_study`,
                                :mod:`p04_tables`; :mod:`p04_plots`)
 05 transformation search        :mod:`p05_ats`
+06 privacy matrix (all papers)  :mod:`p06_matrix` (:mod:`p06_plots`)
 =============================  ==========================================================================
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ PARAMETERS = {
     "03_inversion": "p03_inversion:InversionParameters",
     "04_cvb": "p04_cvb:CVBParameters",
     "05_transformation_search": "p05_ats:ATSParameters",
+    "06_privacy_matrix": "p06_matrix:MatrixParameters",
 }
 """Each notebook's validated parameter dataclass, so ``fedrepro run`` can check a run's parameters before
 a kernel starts (the notebook builds the same dataclass from its parameters cell)."""
