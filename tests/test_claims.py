@@ -162,9 +162,15 @@ def test_the_paired_error_comes_from_the_images_the_two_disagree_on():
     int8 = fp32.copy()
     int8[:4], int8[900:902] = 0, 1  # 4 images lost, 2 gained: −0.1 points
     result = compare_paired(int8, fp32)
-    assert result.difference == pytest.approx(-2 / 2000)
-    assert result.standard_error == pytest.approx(statistics.stdev(int8 - fp32) / math.sqrt(2000))
+    assert result.difference == pytest.approx(-1 / 2000)  # |b − c| = 2, less one image of continuity correction
+    assert result.standard_error == pytest.approx(math.sqrt(6) / 2000)  # McNemar: √(b + c)/n
     assert (result.n_a, result.n_b) == (2000, 2000)
+    scores = np.r_[np.ones(6), np.zeros(494)]
+    assert compare_paired(scores[:500] * 0 + np.r_[np.ones(4), np.zeros(496)], np.zeros(500)).verdict == \
+        "inside the spread"  # 4 images flipping one way: exact sign test p = 0.125, not 2 se
+    assert compare_paired(scores, np.zeros(500)).verdict == "confirmed"  # 6 of 6: p = 0.03
+    mixed = np.array([0.0, 50, 100, 50]), np.array([0.0, 0, 0, 100])  # steps of two sizes: the sample error
+    assert compare_paired(*mixed).standard_error == pytest.approx(statistics.stdev(mixed[0] - mixed[1]) / 2)
     unpaired = compare_proportions(int8.mean(), 2000, fp32.mean(), 2000)
     assert result.standard_error < unpaired.standard_error / 10
     same = compare_paired(fp32, fp32)  # identical predictions: no difference, exactly

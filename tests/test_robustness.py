@@ -421,8 +421,8 @@ def test_int8_keeps_accuracy_only_when_the_paired_band_lies_within_one_point():
                               "DP ε=7": quantized(100, 45, 2, 1)})  # −1 point on 100 images: the band is ±3.5
     assert [c.verdict for c in checks] == ["confirmed", "contradicted", "inside the spread"]
     assert all(c.key == "claim/int8_keeps_accuracy" for c in checks)
-    assert checks[0].evidence == ("fp32 45.0% → int8 44.9% on 2000 test images, change -0.10 ± 0.24 (2 se); "
-                                  "room inside ±1 point: +0.90 ± 0.24 (2 se)")
+    assert checks[0].evidence == ("fp32 45.0% → int8 44.9% on 2000 test images, change -0.05 ± 0.24 (2 se); "
+                                  "room inside ±1 point: +0.95 ± 0.24 (2 se)")  # McNemar: |4 − 2| less one image
     # unpaired, the binomial band of two 45% accuracies over 2000 images is ±3.1 points: nothing could be confirmed
     from fedrepro.claims import compare_proportions, within
 
