@@ -81,10 +81,14 @@ PARTIAL_ENV = "FEDREPRO_PARTIAL_RESULTS"
 class Report:
     """What one notebook run measured, beside what the paper reports.
 
-    Where ``$FEDREPRO_PARTIAL_RESULTS`` names a file, every :meth:`measure` rewrites it with the metrics
-    so far (``"complete": false``): a run cut short — a GPU lease's time limit, a killed job — still
-    leaves what it measured, since a notebook cell prints its table only when the whole section is done.
+    Where ``$FEDREPRO_PARTIAL_RESULTS`` names a file, :meth:`measure` rewrites it with the metrics so far
+    (``"complete": false``), at most every :attr:`PARTIAL_EVERY_S` seconds (each rewrite writes all of them,
+    so rewriting on every number would cost time quadratic in their count): a run cut short — a GPU lease's
+    time limit, a killed job — still leaves what it measured up to a few seconds before, since a notebook
+    cell prints its table only when the whole section is done.
     """
+
+    PARTIAL_EVERY_S = 5.0
 
     def __init__(self, notebook: str, paper: str, tier: str, parameters: dict[str, Any]) -> None:
         if tier not in TIERS:
@@ -96,6 +100,7 @@ class Report:
         self._started = time.perf_counter()
         self._partial = Path(os.environ[PARTIAL_ENV]) if os.environ.get(PARTIAL_ENV) else None
         self._environment: dict[str, Any] | None = None
+        self._partial_written = -math.inf
 
     def reported(self, key: str) -> float | None:
         """The paper's value for ``key``, or None if the paper does not report it."""
@@ -117,9 +122,10 @@ class Report:
             "tier": self.tier,
             "difference": value - reported.value if reported else None,
         })
-        if self._partial is not None:
+        if self._partial is not None and time.perf_counter() - self._partial_written >= self.PARTIAL_EVERY_S:
             self._environment = self._environment or environment()  # one git call per run, not per number
             self._write_json(self._partial, {**self.to_dict(self._environment), "complete": False})
+            self._partial_written = time.perf_counter()
 
     def to_dict(self, env: dict[str, Any] | None = None) -> dict[str, Any]:
         return {

@@ -40,8 +40,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *anchor: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
+            try:
+                repeated = key in seen
+            except TypeError:  # a list or mapping as a key: not hashable, and never a parameter name
+                raise yaml.constructor.ConstructorError(None, None, "a key must be a name, not a list or mapping",
+                                                        key_node.start_mark) from None
+            if repeated:
                 raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice",
                                                         key_node.start_mark)
             seen.add(key)
@@ -195,6 +202,8 @@ def run_notebook(notebook: str | os.PathLike, tier: str = "smoke", overrides: di
     out.mkdir(parents=True, exist_ok=True)
     executed = out / notebook.name
     partial = out / "results.partial.json"  # the kernel inherits the variable: see fedrepro.results.Report
+    partial.unlink(missing_ok=True)  # an earlier run's would pass for this one's
+    # one run_notebook per process at a time: the variable is process-wide (the sweep's executors keep to that)
     saved = os.environ.get(PARTIAL_ENV)
     os.environ[PARTIAL_ENV] = str(partial)
     try:

@@ -18,7 +18,7 @@ from fedrepro.defenses import DEFENSES
 from fedrepro.defenses.spec import Defense
 from fedrepro.papers.p03_inversion import (InversionParameters, InversionRow, InversionStudy, attack_options, attack_row,
                                             baseline_key, build_paper_model, check_decreasing, check_order,
-                                            check_recovered, check_spread, claim_checks, claim_scores, claims_table,
+                                            check_recovered, check_spread, claim_checks, claims_table,
                                             defense_explorer, defense_key, defense_label, multistep_key,
                                             noise_defense, per_model, prune_defense, reconstruction_grid,
                                             results_table, state_key, train_snapshots, training_grids,
@@ -237,7 +237,7 @@ def test_claim_checks_read_each_claim_from_the_right_rows():
         "pruning": [row("no defense", [20, 21, 19]), row("pruned 25%", [19, 20, 18]), row("pruned 75%", [21, 22, 20])],
     }
     checks = claim_checks(rows, ["cnn", "resnet18"], "cnn", tolerance=1.0)
-    scores = claim_scores(checks)
+    scores = _scores(checks)
     assert scores == {"claim/recovery": 0.5,  # cnn untrained's mean SSIM clears 0.5, resnet18's does not
                       "claim/untrained_beats_trained": 0.5,  # confirmed for cnn, contradicted for resnet18
                       "claim/untrained_beats_partially_trained": 0.5,  # resnet18: 9.7 vs 8.0 inside the spread
@@ -249,7 +249,7 @@ def test_claim_checks_read_each_claim_from_the_right_rows():
     assert [c.statement for c in dict(checks)["claim/untrained_beats_trained"]] == [
         "untrained reconstructs better than trained (cnn)", "untrained reconstructs better than trained (resnet18)"]
     assert [c.verdict for c in dict(checks)["claim/untrained_beats_trained"]] == ["confirmed", "contradicted"]
-    assert claim_scores(claim_checks(rows, ["cnn", "resnet18"], "cnn", tolerance=0.5))["claim/noise_degrades"] == 0.0
+    assert _scores(claim_checks(rows, ["cnn", "resnet18"], "cnn", tolerance=0.5))["claim/noise_degrades"] == 0.0
     published = yaml.safe_load((REPO / "fedrepro" / "paper_results" / "03.yaml").read_text())
     assert set(published) <= set(scores)  # every claim the paper file records is measured under its key
     assert claim_checks({"noise": rows["noise"]}, ["cnn"], "cnn", 0.5)[0][0] == "claim/noise_degrades"
@@ -356,3 +356,10 @@ def test_defense_explorer_draws_the_default_and_redraws_on_change(monkeypatch):
     assert drawn == ["no defense", "σ² = 1"]
     with pytest.raises(ValueError, match="no rows"):
         defense_explorer([])
+
+
+def _scores(checks):
+    """Each claim's share of confirmed checks, from claim_checks' (key, checks) pairs."""
+    from fedrepro.claims import scores
+
+    return scores(check for _, results in checks for check in results)

@@ -39,11 +39,15 @@ def test_a_run_cut_short_leaves_what_it_measured(tmp_path, monkeypatch):
     partial = tmp_path / "run" / "results.partial.json"
     monkeypatch.setenv(PARTIAL_ENV, str(partial))
     report = Report("03_inversion", "03", "gpu", {"seed": 0})
-    report.measure("cnn/untrained/psnr", 21.5)
+    report.measure("cnn/untrained/psnr", 21.5)  # the first number is written at once
     first = json.loads(partial.read_text())
     assert first["complete"] is False and first["metrics"] == {"cnn/untrained/psnr": 21.5}
-    report.measure("cnn/trained/psnr", 17.0)
-    assert json.loads(partial.read_text())["metrics"]["cnn/trained/psnr"] == 17.0
+    report.measure("cnn/trained/psnr", 17.0)  # within PARTIAL_EVERY_S of the last write: kept for the next
+    assert "cnn/trained/psnr" not in json.loads(partial.read_text())["metrics"]
+    monkeypatch.setattr(Report, "PARTIAL_EVERY_S", 0.0)
+    report.measure("cnn/noise/psnr", 9.0)
+    assert json.loads(partial.read_text())["metrics"] == {"cnn/untrained/psnr": 21.5, "cnn/trained/psnr": 17.0,
+                                                          "cnn/noise/psnr": 9.0}
     assert "complete" not in json.loads(report.write(tmp_path / "run").read_text())
     assert sorted(p.name for p in partial.parent.iterdir()) == ["results.json", "results.partial.json"]
 

@@ -265,3 +265,15 @@ def test_quickstart_parameters_mirror_its_parameters_cell():
 
     cell = notebook_parameters(REPO / "notebooks" / "00_quickstart.ipynb")
     assert dataclasses.asdict(QuickstartParameters()) == {k: v for k, v in cell.items() if k != "results_dir"}
+
+
+def test_parameter_yaml_is_safe_refuses_repeated_keys_and_keeps_merge_keys():
+    from fedrepro.runner import load_yaml
+
+    assert load_yaml("base: &b {lr: 0.1, rounds: 3}\nrun: {<<: *b, rounds: 5}\n", "f.yaml")["run"] == \
+        {"lr": 0.1, "rounds": 5}  # a merged key may be overridden: that is not a repetition
+    for text, message in [("lr: 0.1\nrounds: 3\nlr: 0.2\n", "f.yaml, line 3, column 1: not valid YAML ('lr' is given twice)"),
+                          ("? [1, 2]\n: 3\n", "not a list or mapping"),
+                          ("!!python/object/apply:os.system ['true']\n", "could not determine a constructor")]:
+        with pytest.raises(ParameterError, match=re.escape(message)):
+            load_yaml(text, "f.yaml")

@@ -17,19 +17,21 @@
 set -uo pipefail
 source benchmarks/gpu/setup.sh
 LIMIT=${LIMIT:-360}
-ONLY=${ONLY:-00 01 02 03 04 05}
+ONLY=${ONLY:-00 01 02 03 04 05 06}
 step env 30 bash -c 'nvidia-smi; python3 -c "import torch; print(\"torch\", torch.__version__, \"CUDA\", torch.version.cuda, torch.cuda.get_device_name())"'
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$OUT/gpu_use.log" 2>&1 &
 monitor=$!
 mkdir -p "$OUT/runs"
 step data_cache 120 python3 -c "from fedrepro.data import load_dataset as d; [d(n, s) for n in ('cifar10', 'mnist') for s in ('train', 'test')]"
 step cuda_tests "${TESTS_LIMIT:-150}" python3 -m pytest -v --timeout 60 -m cuda -p no:cacheprovider tests/test_cuda.py &
+jobs_started=($!)
 for nb in $ONLY; do
   extra="EXTRA_$nb"  # e.g. EXTRA_04="-f /tmp/part.yaml": a parameter file that narrows one notebook's run
   step "runs/$nb" "$LIMIT" python3 -c "import sys; from fedrepro.cli import main; sys.exit(main(sys.argv[1:]))" \
     run "$nb" --tier gpu ${!extra:-} --out "$OUT/runs/$nb" &
+  jobs_started+=($!)
 done
-wait $(jobs -p | grep -v "^$monitor$")
+wait "${jobs_started[@]}"
 kill "$monitor" 2>/dev/null
 DEADLINE=${DEADLINE:-450}
 bench() {  # bench NAME COMMAND...: a benchmark step, if at least 30 s are left before DEADLINE
@@ -39,9 +41,7 @@ bench() {  # bench NAME COMMAND...: a benchmark step, if at least 30 s are left 
 bench bench_inversion python3 benchmarks/inversion_speed.py --device cuda --victims 256 --iterations 50
 bench bench_dp python3 benchmarks/dp_overhead.py --device cuda --models cnn tanhnet resnet9 --batch 256 --samples 2048
 bench bench_fedavg python3 benchmarks/fedavg_speed.py --device cuda --rounds 3 --repeats 1
-cd "$OUT" && for nb in $ONLY; do
-  tar czf "nb$nb.tar.gz" -C runs "$nb" "$nb.txt" 2>/dev/null
-done
+cd "$OUT" && tar czf runs.tar.gz runs
 tar czf tests.tar.gz env.txt data_cache.txt cuda_tests.txt gpu_use.log bench_*.txt 2>/dev/null
 rm -rf runs env.txt data_cache.txt cuda_tests.txt gpu_use.log bench_*.txt
 ls -la "$OUT"; cat "$OUT/steps.txt"

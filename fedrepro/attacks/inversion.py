@@ -69,8 +69,10 @@ class AttackConfig:
     ``draws``: expectation over the model's own randomness (EOT). A stochastic model (PRECODE's or the
     CVB's sampling) gives another gradient in every forward pass; with ``draws = S`` each evaluation runs
     the dummy through the model S times, each with fresh noise, and the objective is the mean of the S
-    gradient distances (an S-sample estimate of the expected distance) plus the priors once. ``1`` is
-    the plain attack: one draw per evaluation. It multiplies the cost of an evaluation by S and changes
+    gradient distances (an S-sample estimate of the expected distance) plus the priors once
+    (``draw_mode="loss"``); with ``draw_mode="gradient"`` the S dummy gradients are averaged first and
+    that mean is matched (the shared gradient's expectation, which notebook 06's adaptive attacks use). ``1``
+    is the plain attack: one draw per evaluation. It multiplies the cost of an evaluation by S and changes
     nothing on a deterministic model but the time.
     """
 

@@ -594,9 +594,7 @@ class InversionStudy:
         """Check the slides' claims on the rows measured so far; record each claim's share of networks confirming it."""
         checks = claim_checks(self.rows, self.params.training_models, self.params.defense_model,
                               self.params.claim_tolerance)
-        for key, score in claim_scores(checks).items():
-            self.report.measure(key, score)
-        return [check for _, results in checks for check in results]
+        return list(claims.record(self.report, [check for _, results in checks for check in results]))
 
 
 # --- tables, figures, the explorer ---------------------------------------------------------------
@@ -779,7 +777,3 @@ def claim_checks(rows: Mapping[str, Sequence[InversionRow]], training_models: Se
                 rows[experiment][0], rows[experiment][-1])]))
     return checks
 
-
-def claim_scores(checks: Sequence[tuple[str, Sequence[ClaimCheck]]]) -> dict[str, float]:
-    """Each claim's share of the networks on which our numbers confirm it (1 = all, 0 = none)."""
-    return claims.scores(check for _, results in checks for check in results)

@@ -12,14 +12,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from torch import nn
 
-from fedrepro import claims
 from fedrepro.attacks.ignore import IGNORE, default_ignore
-from fedrepro.claims import ClaimCheck
 from fedrepro.data import FederatedData, load_federated
 from fedrepro.defenses.spec import Defense
 from fedrepro.fl import FedAvgConfig
@@ -208,12 +206,6 @@ class CVBStudy:
     def _record(self, key: str, value: float, setting: str) -> None:
         if self.report is not None and key not in self.report.metrics:
             self.report.measure(key, value, setting=setting)
-
-    def record_claims(self, checks: Sequence[ClaimCheck]) -> None:
-        """Each claim's share of its checks that our numbers confirm (1 = all, 0 = none), as ``claim/<name>``."""
-        if self.report is not None:
-            for key, share in claims.scores(checks).items():
-                self.report.measure(key, share)
 
     # rows for tables and plots
     def row(self, dataset: str, model_name: str, defense: str | Defense, attack: str = "ig", ignore: str = "auto",

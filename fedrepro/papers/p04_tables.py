@@ -325,7 +325,8 @@ def central_claims(study: CVBStudy, rows: Iterable[Mapping[str, Any]], extra: Se
     labels = [*PRECODE_POSITIONS, *(Defense.parse(d).label for d in extra if Defense.parse(d).kind == "cvb")]
     percent = {label: study.parameters("cnn", label, dataset)["percent"] for label in labels}
     checks = claim_checks(rows, extra, percent, dataset)
-    study.record_claims(checks)
+    if study.report is not None:
+        claims.record(study.report, checks)
     return checks
 
 

@@ -834,9 +834,7 @@ class ATSStudy:
         """:func:`claim_checks` on what Tables 1 and 4 and Figure 2 measured so far; each claim's share of
         confirmed checks is recorded as ``claim/<name>``."""
         checks = claim_checks(self.measured["table1"], self.measured["table4"], self.correlation)
-        for key, share in claims.scores(checks).items():
-            self.report.measure(key, share)
-        return checks
+        return list(claims.record(self.report, checks))
 
 
 __all__ = [

@@ -483,6 +483,11 @@ class MatrixStudy:
         self.cells: dict[tuple[str, str, str], Cell | None] = {}
         self.log: list[str] = []
 
+    @property
+    def labels(self) -> list[str]:
+        """The defenses' labels, in row order (the heatmaps' row names)."""
+        return [row.label for row in self.rows]
+
     def describe(self) -> str:
         p = self.params
         return (f"{self.data.describe()}\n{len(self.rows)} defenses × {len(p.attacks)} attacks × {len(p.states)} "

@@ -19,7 +19,7 @@ def plot_matrix(matrices: Mapping[str, np.ndarray], defenses: Sequence[str], att
     """One heatmap per state (``matrices``: state -> ``(defenses, attacks)`` array, NaN = not applicable).
 
     Each value is written in its cell; the best attack of each defense (the row's maximum) is outlined in
-    black; not applicable cells are grey and marked n/a."""
+    red; not applicable cells are grey and marked n/a."""
     states = list(matrices)
     width = 1.6 + 0.62 * len(attacks)
     fig, axes = plt.subplots(1, len(states), figsize=(width * len(states), 0.9 + 0.42 * len(defenses)), squeeze=False,
@@ -63,7 +63,8 @@ def pareto_front(points: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]
 
 def plot_privacy_utility(points: Sequence[Mapping[str, Any]], title: str = "") -> Figure:
     """Accuracy against the worst-case SSIM (the best attack at the state where it does best), one point per
-    defense, the Pareto front as a line; left of the dashed line the best attack fails on average."""
+    defense, the Pareto front as a line; left of the dotted line (SSIM 0.5) the best attack fails on
+    average."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for p in points:
         ax.scatter(p["ssim"], p["accuracy"], s=28, zorder=3)
