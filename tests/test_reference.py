@@ -22,7 +22,8 @@ def test_shipped_references_are_trimmed_results_of_known_notebooks():
     for path in files:
         ref = json.loads(path.read_text())
         assert ref["notebook"] == path.stem and ref["tier"] == path.parent.name and ref["metrics"]
-        assert ref["environment"]["git_commit"] and path.stat().st_size < 20_000
+        # small: no run logs, only settings and about 60 bytes a metric (notebook 06 records 1,629)
+        assert ref["environment"]["git_commit"] and path.stat().st_size < 20_000 + 100 * len(ref["metrics"])
 
 
 def test_trim_drops_only_large_parameter_values():
