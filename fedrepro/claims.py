@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -378,8 +378,10 @@ def scores(checks: Iterable[ClaimCheck]) -> dict[str, float]:
 
 
 def record(report: Any, checks: Sequence[ClaimCheck]) -> Sequence[ClaimCheck]:
-    """Measure each key's :func:`scores` value in ``report`` (a :class:`fedrepro.results.Report`); returns
-    ``checks``."""
+    """Measure each key's :func:`scores` value in ``report`` (a :class:`fedrepro.results.Report`) and keep every
+    check (statement, verdict, evidence) in its ``claims``, so that results.json holds the numbers a verdict
+    table prints; returns ``checks``."""
+    report.claims.extend(asdict(c) for c in checks)
     counts = Counter(c.key for c in checks)
     for key, score in scores(checks).items():
         report.measure(key, score, setting=f"share of {counts[key]} check(s) confirmed by the claim criterion")

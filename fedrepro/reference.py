@@ -26,7 +26,7 @@ def trim(result: dict[str, Any]) -> dict[str, Any]:
             omitted.append(name)
         else:
             parameters[name] = value
-    keep = {k: result[k] for k in ("notebook", "paper", "tier", "metrics", "environment", "wall_seconds") if k in result}
+    keep = {k: result[k] for k in ("notebook", "paper", "tier", "metrics", "claims", "environment", "wall_seconds") if k in result}
     return {**keep, "parameters": parameters, "omitted": omitted}
 
 

@@ -97,6 +97,7 @@ class Report:
         self.parameters = dict(parameters)
         self.metrics: dict[str, float] = {}
         self.rows: list[dict[str, Any]] = []
+        self.claims: list[dict[str, str]] = []  # the claim checks behind the claim/* metrics, as printed
         self._started = time.perf_counter()
         self._partial = Path(os.environ[PARTIAL_ENV]) if os.environ.get(PARTIAL_ENV) else None
         self._environment: dict[str, Any] | None = None
@@ -130,7 +131,7 @@ class Report:
     def to_dict(self, env: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "notebook": self.notebook, "paper": self.paper, "tier": self.tier,
-            "parameters": self.parameters, "metrics": self.metrics, "comparison": self.rows,
+            "parameters": self.parameters, "metrics": self.metrics, "claims": self.claims, "comparison": self.rows,
             "environment": env or environment(), "wall_seconds": round(time.perf_counter() - self._started, 2),
         }
 

@@ -220,6 +220,9 @@ def test_checks_are_scored_per_key_and_tabled_with_the_criterion():
     report = Report("01_robustness", paper="01", tier="smoke", parameters={})
     assert claims.record(report, checks) is checks and report.metrics == {"claim/a": 0.5, "claim/b": 0.0}
     assert report.rows[0]["setting"] == "share of 2 check(s) confirmed by the claim criterion"
+    kept = report.to_dict(env={})["claims"]  # results.json holds each check as its verdict table prints it
+    assert [c["statement"] for c in kept] == ["a (one)", "a (two)", "b"]
+    assert kept[2] == {"key": "claim/b", "statement": "b", "verdict": claims.CONTRADICTED, "evidence": "z"}
     table = checks_table(checks, claim="claim (paper 01)").splitlines()
     assert table[0] == "| claim (paper 01) | verdict | evidence |" and table[-1] == CRITERION
     assert table[3] == "| a (two) | **inside the spread** | y |"
