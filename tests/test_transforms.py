@@ -228,3 +228,44 @@ def test_policy_trainer_skips_the_identity_and_applies_a_defense_on_every_step()
     assert defended.gradient_transform.defense == Pruning(ratio=0.7)
     noisy = policy_trainer("0", mean, std, defense="gaussian:std0.01")
     assert noisy.gradient_transform.defense == GaussianNoise(std=0.01)
+
+
+# --- the differentiable copy a policy-aware attacker uses (notebook 06's ats_aware column) ---------
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_every_soft_operation_is_the_uint8_operation_up_to_rounding(channels):
+    """On uint8 images, each float operation gives the client's result to within 1.5/255 (the uint8 one
+    rounds or truncates once or twice), for both signs; the exact-form ones pass a gradient to the image."""
+    from fedrepro.defenses.transforms.differentiable import STRAIGHT_THROUGH, soft_operation
+
+    x = torch.randint(0, 256, (4, channels, 32, 32), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64)
+    for op in LIBRARY:
+        pixels = (x.float() / 255).requires_grad_(True)
+        soft = soft_operation(op, pixels, signs)
+        assert (soft - op(x, signs).float() / 255).abs().max() <= 1.5 / 255, op.describe()
+        (gradient,) = torch.autograd.grad((soft * torch.linspace(0, 1, soft.numel()).view_as(soft)).sum(), pixels)
+        assert gradient.abs().sum() > 0, op.describe()
+        if op.name in STRAIGHT_THROUGH:  # the identity's gradient
+            assert torch.equal(gradient, torch.linspace(0, 1, soft.numel()).view_as(soft))
+
+
+def test_the_client_draw_is_one_of_the_attackers_hypotheses():
+    """Whatever signs the client drew, one hypothesis reproduces its transformed images (to the uint8
+    roundings of its three operations); a hybrid's
+    hypotheses are those of its sub-policies together (2 signs per signed operation)."""
+    from fedrepro.defenses.transforms.differentiable import PolicyAwareTransform, hypotheses
+
+    assert [len(hypotheses(p)) for p in ("3-1-7", "3-1-7+43-18-18", "0-2", "3")] == [8, 16, 1, 2]
+    images = torch.randint(0, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    for policy in ("3-1-7", "3-1-7+43-18-18"):
+        client = apply_policy(images, policy, torch.Generator().manual_seed(1)).float() / 255
+        transform = PolicyAwareTransform(policy, mean, std)
+        m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+        x = ((images.float() / 255 - m) / s)[:, None]  # (P, n = 1, C, H, W) in model space
+        errors = torch.stack([
+            ((transform(x, torch.full((6,), h))[:, 0] * s + m) - client).abs().flatten(1).max(1).values
+            for h in range(transform.count)])  # (hypotheses, images)
+        assert (errors.min(0).values <= 3 * 1.5 / 255).all(), policy  # each of 3 operations rounds once
+        assert (errors.max(0).values > 0.05).all()  # and the other hypotheses are other images

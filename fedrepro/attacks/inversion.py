@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.func import functional_call
@@ -142,7 +142,8 @@ class AttackResult:
 
 def invert(view: ServerView, config: AttackConfig, seed: int = 0, chunk_size: int | None = None,
            progress: bool = True, im2col: bool = True, memory_budget: float = 2e9,
-           init_keys: Sequence[int] | torch.Tensor | None = None) -> AttackResult:
+           init_keys: Sequence[int] | torch.Tensor | None = None,
+           transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> AttackResult:
     """Attack every victim of ``view`` with ``config``; victims × restarts run in batched chunks.
 
     ``chunk_size`` problems are solved together (default: as many as ``memory_budget`` bytes allow;
@@ -150,6 +151,10 @@ def invert(view: ServerView, config: AttackConfig, seed: int = 0, chunk_size: in
     :mod:`fedrepro.attacks.objective`. ``init_keys`` (one integer per victim; default: its position in
     the view) names the stream each victim's starting point is drawn from, so a caller that stacks the
     victims of several experiments into one view can give a victim the same start in every stack.
+    ``transform(x, restarts)`` maps the dummy images (P, n, C, H, W, model space) of problems with these
+    restart indices to what the client fed its model (a known preprocessing, e.g. a transformation policy:
+    :class:`fedrepro.defenses.transforms.differentiable.PolicyAwareTransform`); the attack then recovers the
+    untransformed images, and the priors (TV) see the transformed ones.
     """
     if config.observation not in ("any", view.kind):
         raise ThreatModelError(f"this attack is made for a shared {config.observation}, but the server view holds "
@@ -175,7 +180,7 @@ def invert(view: ServerView, config: AttackConfig, seed: int = 0, chunk_size: in
             ids = torch.arange(start, min(start + size, problems), device=objective.device)
             torch.manual_seed(generator(seed, "model-noise", start).initial_seed())
             result = _solve(objective, view, config, ids // restarts, ids % restarts, labels, seed, progress,
-                            keys[(ids // restarts).cpu()])
+                            keys[(ids // restarts).cpu()], transform)
             images[ids], found[ids], losses[ids], spent[ids] = result
     restart_losses = losses.view(victims, restarts)
     best = torch.nan_to_num(restart_losses, nan=math.inf).argmin(1)
@@ -243,9 +248,11 @@ def _initial(view: ServerView, config: AttackConfig, victims: torch.Tensor, rest
 
 def _solve(objective: Objective, view: ServerView, config: AttackConfig, victims: torch.Tensor,
            restarts: torch.Tensor, labels: torch.Tensor | None, seed: int, progress: bool,
-           keys: torch.Tensor | None = None):
+           keys: torch.Tensor | None = None,
+           transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
     """Run one chunk of problems to the end; returns images, labels, final distances, iterations.
-    ``keys``: each problem's initialisation stream (default: its victim's position)."""
+    ``keys``: each problem's initialisation stream (default: its victim's position); ``transform``: see
+    :func:`invert`."""
     dtype, device = objective.dtype, objective.device
     n, shape = view.num_images, view.image_shape
     image_size = n * math.prod(shape)
@@ -267,6 +274,8 @@ def _solve(objective: Objective, view: ServerView, config: AttackConfig, victims
     def evaluate(rows: torch.Tensor | None, priors: bool = True):
         rows_z = _get(z, rows).detach().requires_grad_(True)
         x, y = split(rows_z, rows)
+        if transform is not None:
+            x = transform(x, restarts if rows is None else restarts[rows])
         sub = targets if rows is None else [t[rows] for t in targets]
         total, distance = objective(x, y, _get(fixed, rows), sub, _get(target_norm, rows), priors)
         return rows_z, total, distance
