@@ -69,40 +69,84 @@ def _number(value: float | None) -> str:
     return f"{value:.4g}"
 
 
+IGNORED_PARAMETERS = ("seed", "results_dir", "data_root")
+"""Parameters that do not make two runs different experiments: runs differing only in these are seed repeats."""
+
+
+def seed_groups(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Runs grouped by notebook, tier and every parameter but the seed (a sweep's repeats), in first-seen order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        settings = {k: v for k, v in run.get("parameters", {}).items() if k not in IGNORED_PARAMETERS}
+        key = json.dumps([run["notebook"], run["tier"], settings], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1) over seeds."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def compare(path: str | Path, reference_dir: str | Path = REFERENCE_DIR) -> str:
     """Markdown: for each run under ``path``, every metric beside our reference run's and the paper's.
 
     ``Δ`` is yours − ours. A metric with no reference (another tier, a notebook we have not recorded)
     shows ``—`` there; runs at other parameters than ours differ for that reason alone, so the
-    parameters that differ are listed first.
+    parameters that differ are listed first. Runs that differ only in their seed (a sweep's ``seeds``)
+    are one block: their mean ± standard deviation over the seeds, and ``Δ / sd``, the difference in units
+    of that seed-to-seed spread — about 1 or less is what another seed of ours would give.
     """
     paper = paper_values()
     blocks = []
-    for run in find_runs(path):
+    for group in seed_groups(find_runs(path)):
+        run = group[0]
         reference_path = Path(reference_dir) / run["tier"] / f"{run['notebook']}.json"
         ours = read_results(reference_path) if reference_path.exists() else None
-        head = f"## {run['notebook']} ({run['tier']} tier)"
+        seeds = sorted(r.get("parameters", {}).get("seed", "?") for r in group)
+        head = f"## {run['notebook']} ({run['tier']} tier)" + (f", {len(group)} seeds: {seeds}" if len(group) > 1 else "")
         if ours is None:
             blocks.append(f"{head}\n\nNo reference run of ours at this tier ({reference_path}).")
             continue
         env = ours.get("environment", {})
         lines = [head, "", f"Ours: commit {env.get('git_commit') or 'unknown'}, torch {env.get('torch')}, "
                            f"{env.get('device')}, {ours.get('wall_seconds', float('nan')):.0f} s."]
+        ignored = IGNORED_PARAMETERS if len(group) > 1 else ("results_dir", "data_root")  # one run: say its seed
         differing = sorted(k for k, v in ours.get("parameters", {}).items()
-                           if k not in ("results_dir", "data_root") and run.get("parameters", {}).get(k, v) != v)
+                           if k not in ignored and run.get("parameters", {}).get(k, v) != v)
         if differing:
             lines.append(f"Parameters that differ from ours: {', '.join(differing)}.")
-        lines += ["", "| metric | yours | ours | paper | Δ (yours − ours) |", "|---|---|---|---|---|"]
-        keys = list(run["metrics"]) + [k for k in ours["metrics"] if k not in run["metrics"]]
+        keys = list(dict.fromkeys(k for r in group for k in r["metrics"]))
+        keys += [k for k in ours["metrics"] if k not in keys]
+        if len(group) > 1:
+            lines += ["", "| metric | yours (mean ± sd over seeds) | ours | paper | Δ (mean − ours) | Δ / sd |",
+                      "|---|---|---|---|---|---|"]
+        else:
+            lines += ["", "| metric | yours | ours | paper | Δ (yours − ours) |", "|---|---|---|---|---|"]
         same = 0
         for key in keys:
-            mine, theirs = run["metrics"].get(key), ours["metrics"].get(key)
+            values = [r["metrics"][key] for r in group if r["metrics"].get(key) is not None]
+            theirs = ours["metrics"].get(key)
             reported = paper.get((run.get("paper", ""), key))
-            delta = mine - theirs if mine is not None and theirs is not None else None
-            same += delta == 0
-            lines.append(f"| {key} | {_number(mine)} | {_number(theirs)} | "
-                         f"{_number(reported.value) if reported else '—'} | "
-                         f"{'same' if delta == 0 else _number(delta)} |")
-        lines += ["", f"{same} of {len(keys)} metrics identical to ours."]
+            paper_cell = _number(reported.value) if reported else "—"
+            if len(group) == 1:
+                mine = values[0] if values else None
+                delta = mine - theirs if mine is not None and theirs is not None else None
+                same += delta == 0
+                lines.append(f"| {key} | {_number(mine)} | {_number(theirs)} | {paper_cell} | "
+                             f"{'same' if delta == 0 else _number(delta)} |")
+                continue
+            if len(values) < 2:
+                lines.append(f"| {key} | {_number(values[0]) if values else '—'} (1 seed) | {_number(theirs)} | "
+                             f"{paper_cell} | — | — |")
+                continue
+            mean, sd = _spread(values)
+            delta = mean - theirs if theirs is not None else None
+            units = "—" if delta is None or sd == 0 else f"{delta / sd:+.2f}"
+            lines.append(f"| {key} | {_number(mean)} ± {_number(sd)} (n = {len(values)}) | {_number(theirs)} | "
+                         f"{paper_cell} | {_number(delta)} | {units} |")
+        if len(group) == 1:
+            lines += ["", f"{same} of {len(keys)} metrics identical to ours."]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"

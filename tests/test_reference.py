@@ -61,3 +61,27 @@ def test_compare_on_garbage_is_one_message(capsys, tmp_path, make, fragment):
     code = cli.main(["compare", str(make(tmp_path))])
     output = capsys.readouterr()
     assert code != 0 and fragment in output.err and "Traceback" not in output.err + output.out
+
+
+def test_seed_repeats_are_compared_in_units_of_their_spread(tmp_path: Path):
+    """A sweep's runs that differ only in the seed are one block: mean ± sd over seeds and Δ / sd."""
+    reference = tmp_path / "reference"
+    (tmp_path / "ours.json").write_text(json.dumps(result(**{"final/flat/accuracy": 0.232, "a": 1.0})))
+    save_reference(tmp_path / "ours.json", reference)
+    for seed, accuracy in enumerate([0.20, 0.22, 0.24]):
+        run = tmp_path / "sweep" / f"seed{seed}"
+        run.mkdir(parents=True)
+        data = result(**{"final/flat/accuracy": accuracy, "a": 1.0})
+        data["parameters"] = {**data["parameters"], "seed": seed, "results_dir": str(run)}
+        (run / "results.json").write_text(json.dumps(data))
+    other = tmp_path / "sweep" / "rounds9"  # another experiment: its own block
+    other.mkdir()
+    data = result(**{"final/flat/accuracy": 0.3})
+    data["parameters"]["rounds"] = 9
+    (other / "results.json").write_text(json.dumps(data))
+    text = compare(tmp_path / "sweep", reference)
+    assert "02_clipping (quick tier), 3 seeds: [0, 1, 2]" in text
+    # mean 0.22, sd 0.02: Δ = 0.22 − 0.232 = −0.012, −0.6 of the seed-to-seed spread
+    assert "| final/flat/accuracy | 0.22 ± 0.02 (n = 3) | 0.232 | 0.4 | -0.012 | -0.60 |" in text
+    assert "| a | 1 ± 0 (n = 3) | 1 | — | 0 | — |" in text
+    assert "Parameters that differ from ours: rounds." in text and "| final/flat/accuracy | 0.3 | 0.232 |" in text
