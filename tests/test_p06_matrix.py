@@ -57,7 +57,9 @@ def test_parameters_are_checked_with_one_message_per_mistake():
            ({"defenses": ["ats:none"]}, "identity policy is the row 'none'"),
            ({"defenses": ["prune:ratio0.7", "gc:p0.7"]}, r"\['gc:p0.7'\] is listed twice"),
            ({"defenses": []}, "non-empty list"),
-           ({"attacks": ["ig", "ig_multistep"]}, r"^attacks\[1\] = 'ig_multistep' is invalid"),
+           ({"attacks": ["ig", "ig_cvb_update"]}, r"^attacks\[1\] = 'ig_cvb_update' is invalid"),
+           ({"update_steps": 0}, r"^update_steps = 0 is invalid"),
+           ({"update_lr": 0.0}, r"^update_lr = 0.0 is invalid"),
            ({"attacks": ["ig", "ig"]}, "attacks"),
            ({"states": ["trained", "finished"]}, r"^states\[1\] = 'finished' is invalid"),
            ({"adaptive_base": "eot"}, r"^adaptive_base = 'eot' is invalid"),
@@ -94,11 +96,19 @@ def test_bottleneck_attacks_apply_only_to_stochastic_models():
     assert mx.attack_config("eot_ignore", cvb).layers == ignore.layers
     cpl = mx.attack_config("cpl", plain, max_iterations=11, restarts=None)
     assert (cpl.max_iterations, cpl.restarts, cpl.labels) == (11, ATTACKS.get("cpl")().restarts, "idlg")
-    assert "ig_multistep" not in mx.attack_names() and {"dlg", "ats_adam_l1", "eot"} <= set(mx.attack_names())
+    assert "ig_multistep" not in mx.gradient_presets() and {"dlg", "ats_adam_l1", "eot", "ig_multistep"} <= set(
+        mx.attack_names())
+    dp = mx.MatrixDefense.parse("dp:C1,sigma1")
+    assert mx.attack_config("ig_multistep", plain, row=dp) is None  # DP-SGD's steps are not unrolled
+    assert mx.attack_config("ig_multistep", plain, row=policy_row()).observation == "update"
     policy, hybrid = mx.MatrixDefense.parse("ats:3-1-7"), mx.MatrixDefense.parse("ats:3-1-7+43-18-18")
     assert mx.attack_config("ats_aware", plain) is None and mx.attack_config("ats_aware", plain, row=cvb_row()) is None
     assert mx.attack_config("ats_aware", plain, row=policy, restarts=2).restarts == 2 * 8  # restarts × draws
     assert mx.attack_config("ats_aware", plain, row=hybrid).restarts == 16
+
+
+def policy_row() -> mx.MatrixDefense:
+    return mx.MatrixDefense.parse("ats:3-1-7")
 
 
 def cvb_row() -> mx.MatrixDefense:
@@ -222,7 +232,7 @@ def test_a_cell_does_not_depend_on_the_rows_that_share_its_batch():
 def test_the_study_fills_every_cell_and_records_it():
     params = mx.MatrixParameters(
         defenses=["none", "gaussian:std0.01", "dp:C1,sigma1", "cvb", "ats:3-1-7"], attacks=["ig", "idlg", "eot_ignore",
-                                                                                 "ats_aware"],
+                                                                                 "ats_aware", "ig_multistep"],
         num_clients=2, rounds=2, partial_rounds=1, victims=2, max_iterations=3, eot_draws=2, fl_workers=1,
         dp_delta=1e-3)
     report = Report("06_privacy_matrix", paper="06", tier="smoke", parameters={})
@@ -235,8 +245,17 @@ def test_the_study_fills_every_cell_and_records_it():
         own = study.trained[row.label].states["untrained"].state_dict()
         assert all(torch.equal(own[k], shared[k]) for k in shared)
     assert study.model(plain[0], "trained") is not study.model(plain[1], "trained")
-    expected = len(params.states) * (len(params.defenses) * 2 + 2)  # eot_ignore on the CVB, ats_aware on ATS
+    # ig, idlg everywhere; eot_ignore on the CVB, ats_aware on ATS, ig_multistep on all but DP-SGD
+    expected = len(params.states) * (len(params.defenses) * 2 + 2 + len(params.defenses) - 1)
     assert len(cells) == expected
+    assert study.cell("trained", "dp:C1,sigma1", "ig_multistep") is None
+    update, gradient = study.updates[("trained", "none", True)], study.updates[("trained", "none", False)]
+    assert update.local == params.local_training() and gradient.local is None
+    # w0 − wK after K steps of lr η on one image: not the gradient, but η·K·g to first order
+    k, lr = params.update_steps, params.update_lr
+    ratio = torch.cat([u.flatten() for u in update.gradients.values()]).norm() / torch.cat(
+        [g.flatten() for g in gradient.gradients.values()]).norm()
+    assert 0.5 * k * lr < ratio < 1.5 * k * lr
     assert study.cell("trained", "none", "eot_ignore") is None and study.cell("trained", "cvb", "eot_ignore")
     assert study.cell("untrained", "none", "ats_aware") is None and study.cell("untrained", "ats:3-1-7", "ats_aware")
     for state in params.states:

@@ -24,6 +24,12 @@ One more adaptive column, also built on ``adaptive_base``, on ATS rows only (n/a
   hybrid), and keeps the restart whose gradient matches best — chosen by its own loss. Budget: each restart
   gets ``max_iterations`` evaluations, so the column costs that many times a plain cell.
 
+One column attacks a **model update** instead of a gradient: ``ig_multistep`` (Geiping et al.'s FedAvg attack,
+paper 03's section 5) sees each victim's ``w0 − wK`` after ``update_steps`` local SGD steps (lr ``update_lr``)
+on its image, after the row's gradient defense applied to the update, and unrolls the same steps on its dummy.
+It costs about ``update_steps`` times a gradient cell. DP-SGD rows are n/a there: their noise and clipping act
+inside every local step, which :func:`fedrepro.attacks.client_update` does not unroll.
+
 No compression-aware column: matching the dummy gradient only on the entries a top-k client sent, or
 compressing the dummy gradient the same way before the distance, both did *worse* than plain IG when
 measured (untrained CNN, 8 CIFAR-10 victims, 200 IG iterations: mean SSIM 0.113 → 0.062 and 0.066 at 99 %
@@ -86,6 +92,7 @@ from torch import nn
 
 from fedrepro import claims, metrics
 from fedrepro.attacks import ATTACKS, AttackConfig, DefendedStep, ServerView, client_update
+from fedrepro.attacks.threat import LocalTraining
 from fedrepro.attacks.ignore import matched_layers
 from fedrepro.attacks.inversion import invert
 from fedrepro.data import KNOWN_DATASETS, FederatedData, load_federated
@@ -121,14 +128,19 @@ MEASURES = ("ssim", "ssim_std", "psnr", "psnr_std", "asr", "label_accuracy", "ps
 """What :meth:`MatrixStudy.record` stores per cell (the last two only where they apply)."""
 
 
+UPDATE_ATTACK = "ig_multistep"
+"""The column that attacks each victim's model update after local steps (module docstring)."""
+
+
 def gradient_presets() -> list[str]:
     """The registered attacks that attack a shared gradient (``ig_multistep`` needs a model update)."""
     return [name for name in ATTACKS.names() if ATTACKS.get(name)().observation in ("any", "gradient")]
 
 
 def attack_names() -> list[str]:
-    """Every valid column: the gradient presets, :data:`BOTTLENECK_ATTACKS` and :data:`AWARE_ATTACKS`."""
-    return gradient_presets() + list(BOTTLENECK_ATTACKS) + list(AWARE_ATTACKS)
+    """Every valid column: the gradient presets, :data:`BOTTLENECK_ATTACKS`, :data:`AWARE_ATTACKS` and the
+    model-update attack."""
+    return gradient_presets() + list(BOTTLENECK_ATTACKS) + list(AWARE_ATTACKS) + [UPDATE_ATTACK]
 
 
 def state_key(state: str) -> str:
@@ -203,10 +215,13 @@ class MatrixParameters:
     model: str = "cnn"
     defenses: Sequence[str] = ("none", "gaussian:std0.01", "prune:ratio0.7", "int8", "dp:C1,sigma1", "precode:P3",
                                "cvb", "ats:3-1-7")
-    attacks: Sequence[str] = ("ig", "dlg", "idlg", "ats_adam_l2", "ignore", "eot", "eot_ignore", "ats_aware")
+    attacks: Sequence[str] = ("ig", "dlg", "idlg", "ats_adam_l2", "ignore", "eot", "eot_ignore", "ats_aware",
+                               "ig_multistep")
     states: Sequence[str] = STATES
     adaptive_base: str = "ig"
     eot_draws: int = 4
+    update_steps: int = 3
+    update_lr: float = 0.01
     num_clients: int = 4
     samples_per_client: int | None = 64
     test_samples: int | None = 200
@@ -239,7 +254,7 @@ class MatrixParameters:
         self.attacks = names("attacks", self.attacks, attack_names(), nonempty=True, unique=True)
         self.states = names("states", self.states, STATES, nonempty=True, unique=True)
         choice("adaptive_base", self.adaptive_base, gradient_presets())
-        for name in ("eot_draws", "num_clients", "rounds", "partial_rounds", "batch_size", "victims",
+        for name in ("eot_draws", "update_steps", "num_clients", "rounds", "partial_rounds", "batch_size", "victims",
                      "max_iterations", "restarts", "grid_images"):
             integer(name, getattr(self, name), 1)
         require(self.partial_rounds < self.rounds, "partial_rounds", self.partial_rounds,
@@ -248,6 +263,7 @@ class MatrixParameters:
         for name in ("samples_per_client", "test_samples", "chunk_size", "fl_workers", "torch_threads"):
             integer(name, getattr(self, name), 1, optional=True)
         number("lr", self.lr, 0, low_open=True)
+        number("update_lr", self.update_lr, 0, low_open=True)
         number("dp_delta", self.dp_delta, 0, 1, low_open=True, high_open=True)
         device("device", self.device)
         text("data_root", self.data_root, "a folder path", optional=True, empty=True)
@@ -256,6 +272,10 @@ class MatrixParameters:
     @property
     def rows(self) -> list[MatrixDefense]:
         return [MatrixDefense.parse(spec) for spec in self.defenses]
+
+    def local_training(self) -> LocalTraining:
+        """The victims' local training for the model-update column: ``update_steps`` SGD steps on its image."""
+        return LocalTraining(steps=self.update_steps, lr=self.update_lr)
 
     def fedavg_config(self) -> FedAvgConfig:
         """Paper 04's FedAvg protocol for ``rounds`` rounds, no early stopping."""
@@ -329,6 +349,8 @@ def attack_config(attack: str, model: nn.Module, *, base: str = "ig", max_iterat
     :data:`BOTTLENECK_ATTACKS` column on a model without a bottleneck is the base attack itself, ``ats_aware``
     needs an ATS row). ``ats_aware`` runs ``restarts`` × the policy's possible draws as restarts (one
     :class:`~fedrepro.defenses.transforms.differentiable.Hypothesis` each)."""
+    if attack == UPDATE_ATTACK and row is not None and row.defense.kind == "dp":
+        return None
     if attack == "ats_aware":
         if row is None or row.policy is None:
             return None
@@ -394,13 +416,15 @@ class VictimUpdate:
     gradients: dict[str, torch.Tensor]
     originals: torch.Tensor  # clean images in [0, 1]
     transformed: torch.Tensor | None  # what an ATS client really trained on, in [0, 1]
+    local: LocalTraining | None = None  # set when ``gradients`` are model updates after these local steps
 
 
 def victim_update(model: nn.Module, row: MatrixDefense, victims: Victims, mean: Sequence[float], std: Sequence[float],
-                  seed: int, state: str) -> VictimUpdate:
-    """Each victim's shared gradient of one training step on its (ATS: transformed) image, after the row's
-    gradient defense; the bottleneck's draw and the defense's noise come from streams named by the row
-    and state, so they do not depend on what else is computed."""
+                  seed: int, state: str, local: LocalTraining | None = None) -> VictimUpdate:
+    """Each victim's shared gradient of one training step on its (ATS: transformed) image — or, with
+    ``local``, its model update after those local steps — after the row's gradient defense; the bottleneck's
+    draw and the defense's noise come from streams named by the row and state, so they do not depend on what
+    else is computed."""
     device = next(model.parameters()).device
     raw = (victims.originals * 255).round().to(torch.uint8)
     transformed = None
@@ -412,11 +436,12 @@ def victim_update(model: nn.Module, row: MatrixDefense, victims: Victims, mean: 
     x = ((raw.float() / 255.0 - m) / s).to(device=device, dtype=next(model.parameters()).dtype)
     model.train()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(derive_seed(seed, "matrix-victim", state, row.label))
+        kind = () if local is None else ("update",)  # a gradient's streams as before the update column
+        torch.manual_seed(derive_seed(seed, "matrix-victim", state, row.label, *kind))
         gradients = client_update(model, x, victims.labels.to(device), images_per_victim=1,
-                                  defense=row.defense.gradient_defense(),
-                                  generator=generator(seed, "matrix-defense", state, row.label))
-    return VictimUpdate(gradients, victims.originals, transformed)
+                                  defense=row.defense.gradient_defense(), local=local,
+                                  generator=generator(seed, "matrix-defense", state, row.label, *kind))
+    return VictimUpdate(gradients, victims.originals, transformed, local)
 
 
 def attack_stack(model: nn.Module, updates: Sequence[VictimUpdate], labels: torch.Tensor, config: AttackConfig,
@@ -431,8 +456,10 @@ def attack_stack(model: nn.Module, updates: Sequence[VictimUpdate], labels: torc
     count = len(labels)
     device = next(model.parameters()).device
     stacked = {k: torch.cat([u.gradients[k] for u in updates]) for k in updates[0].gradients}
+    local = updates[0].local
     view = ServerView(model, stacked, num_images=1, image_shape=tuple(updates[0].originals.shape[1:]),
-                      mean=tuple(mean), std=tuple(std), labels=labels.to(device).repeat(len(updates))[:, None])
+                      mean=tuple(mean), std=tuple(std), labels=labels.to(device).repeat(len(updates))[:, None],
+                      kind="gradient" if local is None else "update", local=local)
     started = time.perf_counter()
     result = invert(view, config, seed=seed, chunk_size=chunk_size, progress=progress,
                     init_keys=torch.arange(count).repeat(len(updates)), transform=transform)
@@ -451,7 +478,7 @@ def score(state: str, row: MatrixDefense, attack: str, config: AttackConfig, upd
                 reconstructions, seconds)
 
 
-def describe_attack(attack: str, base: str = "ig", draws: int = 4) -> str:
+def describe_attack(attack: str, base: str = "ig", draws: int = 4, steps: int = 3, update_lr: float = 0.01) -> str:
     """One line per column: what it matches, how it optimises, which labels it uses."""
     if attack == "ignore":
         return f"{base} without the bottleneck's decoder and every later layer (paper 04's Ignore attack)"
@@ -459,6 +486,9 @@ def describe_attack(attack: str, base: str = "ig", draws: int = 4) -> str:
         return f"{base} on every gradient, the dummy's gradient averaged over {draws} draws of the bottleneck's noise"
     if attack == "eot_ignore":
         return f"the Ignore attack with the dummy's gradient averaged over {draws} draws of the bottleneck's noise"
+    if attack == UPDATE_ATTACK:
+        return (f"IG on each victim's model update after {steps} local SGD steps (lr {update_lr:g}) on its image, "
+                "the steps unrolled on the dummy (not on DP-SGD rows)")
     if attack == "ats_aware":
         return (f"{base} through a differentiable copy of the row's policy, one restart per possible draw of its "
                 "signs, the best match kept (ATS rows)")
@@ -473,7 +503,7 @@ def describe_attack(attack: str, base: str = "ig", draws: int = 4) -> str:
 def describe_grid(params: MatrixParameters) -> str:
     """The rows (canonical spec: description) and columns of a run, deterministic text for the notebook."""
     lines = ["defenses:"] + [f"  {row.label}: {row.describe()}" for row in params.rows]
-    lines += ["attacks:"] + [f"  {a}: {describe_attack(a, params.adaptive_base, params.eot_draws)}"
+    lines += ["attacks:"] + [f"  {a}: {describe_attack(a, params.adaptive_base, params.eot_draws, params.update_steps, params.update_lr)}"
                              for a in params.attacks]
     lines.append("states: " + ", ".join(f"{s} (round {0 if s == 'untrained' else params.partial_rounds if s == 'partly trained' else params.rounds})"
                                         for s in params.states))
@@ -512,7 +542,7 @@ class MatrixStudy:
         self.victims = client_victims(self.data, p.victims, p.seed)
         self.mean, self.std = tuple(self.data.train.mean), tuple(self.data.train.std)
         self.trained: dict[str, TrainedDefense] = {}
-        self.updates: dict[tuple[str, str], VictimUpdate] = {}
+        self.updates: dict[tuple[str, str, bool], VictimUpdate] = {}
         self.cells: dict[tuple[str, str, str], Cell | None] = {}
         self.log: list[str] = []
 
@@ -561,11 +591,13 @@ class MatrixStudy:
     def rows_by_kind(self, kind: str) -> list[MatrixDefense]:
         return [r for r in self.rows if (not r.variational) == (kind == "plain")]
 
-    def update(self, row: MatrixDefense, state: str) -> VictimUpdate:
-        key = (state, row.label)
+    def update(self, row: MatrixDefense, state: str, local: bool = False) -> VictimUpdate:
+        """What the row's victims send at ``state``: a gradient, or (``local``) a model update."""
+        key = (state, row.label, local)
         if key not in self.updates:
             self.updates[key] = victim_update(self.model(row, state), row, self.victims, self.mean, self.std,
-                                              self.params.seed, state)
+                                              self.params.seed, state,
+                                              self.params.local_training() if local else None)
         return self.updates[key]
 
     # attacks
@@ -575,11 +607,12 @@ class MatrixStudy:
         started = time.perf_counter()
         found = []
         for attack in p.attacks:
-            groups: dict[tuple[int, str | None], list[MatrixDefense]] = {}
+            groups: dict[tuple[int, str | bool | None], list[MatrixDefense]] = {}
             for row in self.rows:  # a policy-aware attack models one policy: its rows are not stacked
                 if (state, row.label, attack) not in self.cells:
-                    policy = row.policy if attack == "ats_aware" else None
-                    groups.setdefault((id(self.model(row, state)), policy), []).append(row)
+                    kind = (row.policy if attack == "ats_aware" else
+                            row.defense.kind == "dp" if attack == UPDATE_ATTACK else None)
+                    groups.setdefault((id(self.model(row, state)), kind), []).append(row)
             for rows in groups.values():
                 found += self.attack_rows(state, attack, rows)
         done = [c for c in found if c is not None]
@@ -597,7 +630,7 @@ class MatrixStudy:
             for row in rows:
                 self.cells[(state, row.label, attack)] = None
             return [None] * len(rows)
-        updates = [self.update(row, state) for row in rows]
+        updates = [self.update(row, state, local=attack == UPDATE_ATTACK) for row in rows]
         transform = (PolicyAwareTransform(rows[0].policy, self.mean, self.std)
                      if attack == "ats_aware" else None)
         images, labels, seconds = attack_stack(model, updates, self.victims.labels, config, self.mean, self.std,
@@ -665,7 +698,8 @@ class MatrixStudy:
         for state in p.states:
             head = ["defense", "accuracy (%)", *p.attacks]
             lines = [f"**{state}** (mean SSIM ± std over {p.victims} victims; bold: the best attack; n/a: the "
-                     "column does not apply to this row: the base attack itself, or no policy to adapt to)", "",
+                     "column does not apply to this row: the base attack itself, no policy to adapt to, or DP-SGD for the "
+                     "model-update attack)", "",
                      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for row in self.rows:
                 best = self.best(state, row.label)
@@ -721,7 +755,7 @@ class MatrixStudy:
 
 
 __all__ = [
-    "ADAPTIVE", "AWARE_ATTACKS", "BOTTLENECK_ATTACKS", "COUNTERPART", "MEASURES", "Cell", "MatrixDefense", "MatrixParameters", "MatrixStudy", "STATES",
+    "ADAPTIVE", "AWARE_ATTACKS", "BOTTLENECK_ATTACKS", "UPDATE_ATTACK", "COUNTERPART", "MEASURES", "Cell", "MatrixDefense", "MatrixParameters", "MatrixStudy", "STATES",
     "TrainedDefense", "VictimUpdate", "attack_config", "attack_names", "attack_stack", "cell_key", "defense_key",
     "describe_attack", "describe_grid", "utility_table",
     "gradient_presets", "row_trainer", "score", "state_key", "train_defense", "victim_update",
