@@ -17,6 +17,10 @@ epoch counts (step time does not depend on the data or on σ). Published opacus 
 many times):
 
     python benchmarks/dp_overhead.py [--models cnn tanhnet resnet9] [--samples 512] [--repeats 2] [--device cuda]
+                                     [--clipping flat per_layer_uniform per_layer_adaptive]
+
+``--clipping`` adds ours and fedrepro-on-opacus for each further clipping strategy of paper 02 (the
+adaptive one measures its thresholds on 256 of the images as public data, once per client and run).
 
 The last line is the ratio of ours to the non-private step for the last model.
 """
@@ -73,6 +77,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--opacus-modes", nargs="*", default=list(OPACUS_MODES), choices=OPACUS_MODES)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--clipping", nargs="+", default=["flat"],
+                        choices=["flat", "per_layer_uniform", "per_layer_adaptive"])
     add_device_argument(parser)
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -98,6 +104,11 @@ def main() -> None:
         trainers = {"non-private": StandardTrainer(),
                     "ours (ghost)": DPTrainer(noise_multiplier=1.0, max_grad_norm=1.0, engine="ghost"),
                     "fedrepro on opacus": DPTrainer(noise_multiplier=1.0, max_grad_norm=1.0, engine="opacus")}
+        for clipping in [c for c in args.clipping if c != "flat"]:
+            public = (x[:256], y[:256]) if clipping == "per_layer_adaptive" else None
+            for engine, label in (("ghost", "ours (ghost)"), ("opacus", "fedrepro on opacus")):
+                trainers[f"{label}, {clipping}"] = DPTrainer(clipping=clipping, noise_multiplier=1.0, max_grad_norm=1.0,
+                                                             engine=engine, public_data=public)
         variants: dict[str, Callable[[int], None]] = {}
         for label, trainer in trainers.items():
             def epoch(round_: int, trainer=trainer) -> None:
@@ -128,7 +139,7 @@ def main() -> None:
         print(f"{name}:")
         for label, value in best.items():
             mark = "  <- opacus's fastest mode" if label == fastest else ""
-            print(f"  {label:>20} {1000 * value:9.1f} ms/step  {value / plain:5.2f}x non-private{mark}")
+            print(f"  {label:>40} {1000 * value:9.1f} ms/step  {value / plain:5.2f}x non-private{mark}")
         ratio = best["ours (ghost)"] / plain
         if fastest:
             print(f"  ours / opacus's fastest ({fastest}): {best['ours (ghost)'] / best[fastest]:.2f}x")
