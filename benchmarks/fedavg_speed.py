@@ -8,7 +8,10 @@ weights; the first round of each is reported separately as start-up.
 
 Run on an idle machine (with 2 threads on 2 cores any other load slows torch many times):
 
-    python benchmarks/fedavg_speed.py [--rounds 4] [--repeats 2] [--device cuda]
+    python benchmarks/fedavg_speed.py [--rounds 4] [--repeats 2] [--device cuda] [--batched]
+
+``--batched`` adds the simulator with ``batched_clients=True`` (every client of a round in one vmapped
+computation, :mod:`fedrepro.batched_clients`) to each block.
 
 The last line is the ratio of median steady-state seconds per round, plain / simulator, over
 alternating blocks (the machine's speed drifts; alternating exposes both sides to it).
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="alternate plain and simulator blocks this many times, so drifting load hits both")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batched", action="store_true", help="also time the simulator with batched clients")
     add_device_argument(parser)
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -78,7 +82,7 @@ def main() -> None:
     def steady(times: list[float]) -> list[float]:
         return times[1:] if len(times) > 1 else times
 
-    plain_steady, ours_steady = [], []
+    plain_steady, ours_steady, batched_steady = [], [], []
     for repeat in range(args.repeats):
         plain_times, plain_startup, plain_acc = plain_fedavg(copy.deepcopy(initial), data, args.rounds, args.seed,
                                                                 device)
@@ -96,8 +100,20 @@ def main() -> None:
               f"steady {statistics.median(steady(ours_times)):5.2f} s/round, "
               f"accuracy after {args.rounds} rounds {result.final_accuracy:.3f} "
               f"(incl. validation of 10 clients each round; total {time.perf_counter() - t:.1f} s)")
+        if args.batched:
+            batched = run_fedavg(copy.deepcopy(initial), data.train, data.test, data.splits,
+                                 FedAvgConfig(rounds=args.rounds, seed=args.seed, device=str(device),
+                                              batched_clients=True), progress=False)
+            batched_times = [h["seconds"] for h in batched.history]
+            batched_steady += steady(batched_times)
+            print(f"  batched    : start-up {batched.startup_seconds:5.2f} s, first round {batched_times[0]:5.2f} s, "
+                  f"steady {statistics.median(steady(batched_times)):5.2f} s/round, "
+                  f"accuracy after {args.rounds} rounds {batched.final_accuracy:.3f}")
     plain, ours = statistics.median(plain_steady), statistics.median(ours_steady)
     print(f"median steady round: plain {plain:.2f} s, simulator {ours:.2f} s")
+    if batched_steady:
+        together = statistics.median(batched_steady)
+        print(f"batched clients: {together:.2f} s/round, {ours / together:.2f}x the simulator's speed")
     print(f"speedup {plain / ours:.2f}x")
 
 

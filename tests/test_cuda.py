@@ -94,6 +94,22 @@ def test_fedavg_round_on_the_device_matches_the_cpu(cifar):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-3, atol=1e-4)
 
 
+def test_batched_clients_on_the_device_match_the_sequential_cpu_simulator(cifar):
+    """fedrepro.batched_clients on the GPU against the sequential simulator on the CPU, one round."""
+    train = cifar.subset(torch.arange(0, len(cifar), 50))
+    splits = federated_split(train.labels, 4, seed=0, val_fraction=0.1)
+    results = {}
+    for device, batched in (("cpu", False), (DEVICE, True)):
+        torch.manual_seed(0)
+        config = FedAvgConfig(rounds=1, batch_size=32, lr=1e-3, seed=0, device=device, workers=1,
+                              batched_clients=batched)
+        results[device] = run_fedavg(build_model("cnn"), train, train, splits, config, progress=False)
+    cpu, dev = results["cpu"], results[DEVICE]
+    assert abs(cpu.final_accuracy - dev.final_accuracy) <= 0.02
+    for a, b in zip(cpu.model.state_dict().values(), dev.model.state_dict().values()):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-3, atol=1e-4)
+
+
 def test_batched_ig_with_restarts_and_early_stopping_matches_the_cpu(cifar):
     images, labels = victims(cifar)
     torch.manual_seed(0)
