@@ -28,15 +28,24 @@ from fedrepro.fl import ClientData, FedAvgConfig, StandardTrainer, batch_order, 
 from fedrepro.runtime import derive_seed
 
 
-def check_batchable(model: nn.Module, trainer: object) -> None:
-    """Raise a ValueError saying why ``model``/``trainer`` cannot train clients batched, if they cannot."""
-    if type(trainer) is not StandardTrainer or trainer.batch_transform or trainer.gradient_transform:
-        raise ValueError("batched_clients trains with the plain StandardTrainer only (no DP-SGD, batch transform "
-                         f"or gradient defense); got {trainer!r}. Set batched_clients=False for this run")
+def unbatchable(model: nn.Module, trainer: object) -> str | None:
+    """Why ``model`` trained by ``trainer`` (None: the plain trainer) cannot train clients batched, or None."""
+    if trainer is not None and (type(trainer) is not StandardTrainer or trainer.batch_transform
+                                or trainer.gradient_transform):
+        return ("batched_clients trains with the plain StandardTrainer only (no DP-SGD, batch transform or "
+                f"gradient defense); got {trainer!r}")
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            raise ValueError(f"batched_clients cannot update BatchNorm running statistics ({name or 'model'}); use "
-                             "a model without BatchNorm (GroupNorm) or batched_clients=False")
+            return (f"batched_clients cannot update BatchNorm running statistics ({name or 'model'}); use a model "
+                    "without BatchNorm (GroupNorm)")
+    return None
+
+
+def check_batchable(model: nn.Module, trainer: object) -> None:
+    """Raise a ValueError saying why ``model``/``trainer`` cannot train clients batched, if they cannot."""
+    reason = unbatchable(model, trainer)
+    if reason is not None:
+        raise ValueError(f"{reason}. Set batched_clients=False for this run")
 
 
 class BatchedClients:
@@ -129,4 +138,4 @@ class _Optimizer:
                 p.add_(g, alpha=-self.lr)
 
 
-__all__ = ["BatchedClients", "check_batchable"]
+__all__ = ["BatchedClients", "check_batchable", "unbatchable"]

@@ -97,3 +97,22 @@ def test_what_cannot_be_batched_is_refused_with_the_reason(model, trainer, messa
     with pytest.raises(ValueError, match=message):
         run_fedavg(model(), train, test, splits, FedAvgConfig(rounds=1, batched_clients=True), trainer=trainer,
                    progress=False)
+
+
+def test_notebook_04_batches_where_it_can_and_trains_the_rest_one_by_one(monkeypatch):
+    """batched_clients in notebook 04 means "where possible": a CVB row trains batched, a DP-SGD row (a gradient
+    defense on every local step) falls back to the sequential simulator instead of failing."""
+    from fedrepro import batched_clients
+    from fedrepro.data import FederatedData
+    from fedrepro.papers.p04_training import train_model
+
+    train = images(64, 0)
+    data = FederatedData(train, images(16, 1), federated_split(train.labels, 2, seed=0))
+    used = []
+    monkeypatch.setattr(batched_clients.BatchedClients, "train",
+                        lambda self, *a, real=batched_clients.BatchedClients.train: used.append(1) or real(self, *a))
+    config = FedAvgConfig(rounds=1, batch_size=16, seed=0, workers=1, batched_clients=True)
+    train_model("cnn", "cvb", data, config, progress=False)
+    assert used == [1]
+    run = train_model("cnn", "dp:sigma0.01", data, config, progress=False)
+    assert used == [1] and run.result.history[-1]["clients"].keys() == {0, 1}

@@ -61,7 +61,7 @@ from fedrepro.papers.p04_tables import (FIGURE_7_LABELS, FIGURE_9, PARAMETER_SET
                                         stochasticity_panels, table_i, table_ii, table_iii, table_iv, table_v, table_vi)
 from fedrepro.papers.p04_training import DefendedRun, build_defended_model, parameter_row, train_model
 from fedrepro.results import TIERS
-from fedrepro.validation import choice, device, integer, integers, names, number, parsed, text
+from fedrepro.validation import choice, device, integer, integers, names, number, parsed, require, text
 
 __all__ = [
     "ATTACK_NAMES", "FIGURE_7_LABELS", "FIGURE_9", "PARAMETER_SETTINGS", "PRECODE_POSITIONS", "STOCHASTICITY_SETTINGS",
@@ -110,6 +110,7 @@ class CVBParameters:
     figure9_panels: Sequence[str] = tuple(FIGURE_9)
     grid_images: int = 8
     chunk_size: int | None = None
+    batched_clients: bool = False
     torch_threads: int | None = None
     device: str = "auto"
     data_root: str | None = None
@@ -139,6 +140,7 @@ class CVBParameters:
             for key, spec in getattr(self, name).items():
                 parsed(f"{name}[{key!r}]", spec, Defense.parse, DEFENSE_EXAMPLE)
         names("figure9_panels", self.figure9_panels, FIGURE_9)
+        require(isinstance(self.batched_clients, bool), "batched_clients", self.batched_clients, "true or false")
         device("device", self.device)
         text("data_root", self.data_root, "a folder path", optional=True, empty=True)
         text("results_dir", self.results_dir, "a folder path")
@@ -150,4 +152,5 @@ class CVBParameters:
             samples_per_client=self.samples_per_client, test_samples=self.test_samples,
             accuracy_seeds=tuple(self.accuracy_seeds), victims=self.victims, max_iterations=self.max_iterations,
             lbfgs_iterations=self.lbfgs_iterations, tv_weight=self.tv_weight, attack_state=self.attack_state,
-            seed=self.seed, device=self.device, data_root=self.data_root, chunk_size=self.chunk_size)
+            seed=self.seed, device=self.device, data_root=self.data_root, chunk_size=self.chunk_size,
+            batched_clients=self.batched_clients)

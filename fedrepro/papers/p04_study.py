@@ -74,6 +74,7 @@ class StudyConfig:
     data_root: str | None = None
     chunk_size: int | None = None
     workers: int | None = None
+    batched_clients: bool = False  # where a run allows it (fedrepro.batched_clients); the others train sequentially
     progress: bool | None = None  # None: progress bars unless $TQDM_DISABLE is set
 
     def __post_init__(self) -> None:
@@ -116,7 +117,8 @@ class CVBStudy:
     def fedavg_config(self) -> FedAvgConfig:
         c = self.config
         return FedAvgConfig(rounds=c.rounds, local_epochs=1, optimizer="adam", lr=c.lr, batch_size=c.batch_size,
-                            patience=c.patience, seed=c.seed, device=c.device, workers=c.workers)
+                            patience=c.patience, seed=c.seed, device=c.device, workers=c.workers,
+                            batched_clients=c.batched_clients)
 
     def initial_model(self, dataset: str, model_name: str, defense: str | Defense) -> nn.Module:
         train = self.data(dataset).train

@@ -9,6 +9,7 @@ would share, so training and the victim's update see the same defense.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from fedrepro.attacks import DefendedStep
+from fedrepro.batched_clients import unbatchable
 from fedrepro.data import FederatedData
 from fedrepro.defenses.spec import Defense
 from fedrepro.fl import FedAvgConfig, FedAvgResult, StandardTrainer, run_fedavg
@@ -74,5 +76,7 @@ def train_model(model_name: str, defense: str | Defense, data: FederatedData, co
     initial = copy.deepcopy(model)
     gradient = defense.gradient_defense()
     trainer = StandardTrainer(gradient_transform=DefendedStep(gradient)) if gradient is not None else None
+    if config.batched_clients and unbatchable(model, trainer):  # "where possible": DP-SGD, pruning, BatchNorm
+        config = dataclasses.replace(config, batched_clients=False)
     result = run_fedavg(model, data.train, data.test, data.splits, config, trainer=trainer, progress=progress)
     return DefendedRun(data.train.name, model_name, defense, initial, result.model, result)
