@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fedrepro.federation import BACKENDS
 from fedrepro.models import MODELS
 from fedrepro.results import TIERS
-from fedrepro.validation import choice, device, integer, number, text
+from fedrepro.validation import choice, device, integer, number, require, text
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class QuickstartParameters:
     samples_per_client: int | None = 500
     test_samples: int | None = 2000
     backend: str = "simulator"
+    batched_clients: bool = False
     device: str = "auto"
     data_root: str | None = None
 
@@ -46,5 +47,8 @@ class QuickstartParameters:
         number("lr", self.lr, 0, low_open=True)
         number("val_fraction", self.val_fraction, 0, 1, high_open=True)
         choice("backend", self.backend, BACKENDS)
+        require(isinstance(self.batched_clients, bool), "batched_clients", self.batched_clients, "true or false")
+        require(not (self.batched_clients and self.backend != "simulator"), "batched_clients", self.batched_clients,
+                "false with backend 'flower' (only fedrepro's simulator trains clients batched)")
         device("device", self.device)
         text("data_root", self.data_root, "a folder", optional=True)
