@@ -231,8 +231,8 @@ def test_a_cell_does_not_depend_on_the_rows_that_share_its_batch():
 
 def test_the_study_fills_every_cell_and_records_it():
     params = mx.MatrixParameters(
-        defenses=["none", "gaussian:std0.01", "dp:C1,sigma1", "cvb", "ats:3-1-7"], attacks=["ig", "idlg", "eot_ignore",
-                                                                                 "ats_aware", "ig_multistep"],
+        defenses=["none", "gaussian:std0.01", "dp:C1,sigma1", "cvb", "ats:3-1-7", "gc:p0.9"],
+        attacks=["ig", "idlg", "eot_ignore", "ats_aware", "ig_multistep", "topk_aware"],
         num_clients=2, rounds=2, partial_rounds=1, victims=2, max_iterations=3, eot_draws=2, fl_workers=1,
         dp_delta=1e-3)
     report = Report("06_privacy_matrix", paper="06", tier="smoke", parameters={})
@@ -245,8 +245,8 @@ def test_the_study_fills_every_cell_and_records_it():
         own = study.trained[row.label].states["untrained"].state_dict()
         assert all(torch.equal(own[k], shared[k]) for k in shared)
     assert study.model(plain[0], "trained") is not study.model(plain[1], "trained")
-    # ig, idlg everywhere; eot_ignore on the CVB, ats_aware on ATS, ig_multistep on all but DP-SGD
-    expected = len(params.states) * (len(params.defenses) * 2 + 2 + len(params.defenses) - 1)
+    # ig, idlg everywhere; eot_ignore on the CVB, ats_aware on ATS, topk_aware on gc, ig_multistep on all but DP
+    expected = len(params.states) * (len(params.defenses) * 2 + 3 + len(params.defenses) - 1)
     assert len(cells) == expected
     assert study.cell("trained", "dp:C1,sigma1", "ig_multistep") is None
     update, gradient = study.updates[("trained", "none", True)], study.updates[("trained", "none", False)]
@@ -274,5 +274,23 @@ def test_the_study_fills_every_cell_and_records_it():
     gains = study.adaptive_gains()
     assert "Pareto" in mx.utility_table(points) and "eot_ignore beats" not in gains  # no ignore column
     assert "ats_aware beats ig (ats:3-1-7, untrained)" in gains and "ats_aware beats ig (none" not in gains
+    assert "topk_aware beats ig (gc:p0.9, trained)" in gains
     assert len(study.worst_cases()) == len(params.defenses)
     assert set(study.seconds()) == set(params.states) | {"training"}
+
+
+def test_the_compression_aware_attack_compresses_its_gradient_as_the_client_did():
+    """space="topk": the dummy's gradient, compressed per tensor to the victim's number of sent entries, is
+    exactly what the client's own pruning makes of it (so the attack compares in the compressed space)."""
+    from fedrepro.attacks.objective import same_sparsity
+    from fedrepro.defenses import Pruning
+
+    g = {"w": torch.randn(3, 8, 5, generator=torch.Generator().manual_seed(0)), "b": torch.randn(3, 8)}
+    for ratio in (0.0, 0.7, 0.99, 1.0):
+        sent = Pruning(ratio)(g)
+        for name in g:
+            torch.testing.assert_close(same_sparsity(g[name], sent[name]), sent[name], rtol=0, atol=0)
+    plain, policy = build_defended_model("cnn", "none"), mx.MatrixDefense.parse("ats:3-1-7")
+    assert mx.attack_config("topk_aware", plain, row=policy) is None
+    config = mx.attack_config("topk_aware", plain, row=mx.MatrixDefense.parse("prune:ratio0.7"), max_iterations=9)
+    assert (config.space, config.max_iterations, config.distance) == ("topk", 9, "cosine")

@@ -46,6 +46,7 @@ LABEL_STRATEGIES = ("known", "idlg", "joint")
 SCHEDULES = ("none", "step", "plateau")
 OBSERVATIONS = ("any", "gradient", "update")
 DRAW_MODES = ("loss", "gradient")
+SPACES = ("dense", "topk")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ class AttackConfig:
     that mean is matched (the shared gradient's expectation, which notebook 06's adaptive attacks use). ``1``
     is the plain attack: one draw per evaluation. It multiplies the cost of an evaluation by S and changes
     nothing on a deterministic model but the time.
+    ``space``: where gradients are compared. ``dense`` (default) compares the dummy's full gradient with the
+    shared one; ``topk`` is **compression-aware** against top-k sparsification and pruning: each tensor of
+    the dummy's gradient is compressed as the victim's was — its k largest magnitudes kept, k being the
+    number of entries the victim sent — before the distance (the gradient flows through the kept entries).
+    It computes the matched gradients explicitly (no ghost norms).
     """
 
     distance: str = "cosine"
@@ -98,12 +104,13 @@ class AttackConfig:
     observation: str = "any"
     draws: int = 1
     draw_mode: str = "loss"
+    space: str = "dense"
 
     def __post_init__(self) -> None:
         checks = {"distance": (self.distance, tuple(DISTANCES)), "optimizer": (self.optimizer, INVERSION_OPTIMIZERS),
                   "init": (self.init, INITS), "labels": (self.labels, LABEL_STRATEGIES),
                   "schedule": (self.schedule, SCHEDULES), "observation": (self.observation, OBSERVATIONS),
-                  "draw_mode": (self.draw_mode, DRAW_MODES)}
+                  "draw_mode": (self.draw_mode, DRAW_MODES), "space": (self.space, SPACES)}
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{key}={value!r}; choose one of {', '.join(allowed)}")

@@ -155,6 +155,15 @@ def _plan_ghosts(model: nn.Module, names: Sequence[str], example: torch.Tensor) 
     return ghosts
 
 
+def same_sparsity(g: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Each problem's gradient ``g`` (P, ...) compressed as its target ``t`` was: its k largest magnitudes kept,
+    k = the entries ``t`` has non-zero (top-k per tensor, as :class:`fedrepro.defenses.gradient.Pruning`)."""
+    flat, sent = g.reshape(g.shape[0], -1), (t.reshape(t.shape[0], -1) != 0).sum(1, keepdim=True)
+    kth = flat.detach().abs().sort(1, descending=True).values.gather(1, (sent - 1).clamp(min=0))
+    keep = (flat.detach().abs() >= kth) & (sent > 0)
+    return (flat * keep).view_as(g)
+
+
 class Objective:
     """Gradient distance + priors of many problems, and its gradient w.r.t. each problem's variables."""
 
@@ -171,7 +180,8 @@ class Objective:
             raise ThreatModelError(f"the model cannot process the declared images {tuple(example.shape)}: "
                                    f"{error}") from error
         self.local = view.local if view.kind == "update" else None
-        self.ghosts = planned if ghost and config.distance == "cosine" and self.local is None else []
+        self.ghosts = (planned if ghost and config.distance == "cosine" and self.local is None
+                       and config.space == "dense" else [])
         ghosted = {g.weight for g in self.ghosts} | {g.bias for g in self.ghosts if g.bias}
         self.names = list(names)
         self.dense = [k for k in names if k not in ghosted]
@@ -248,6 +258,8 @@ class Objective:
             deltas = {k: (d.reshape(-1, draws * d[0].numel() // d.shape[-1], d.shape[-1]) / draws)
                       for k, d in deltas.items()}
             inputs = {k: u.reshape(-1, draws * u[0].numel() // u.shape[-1], u.shape[-1]) for k, u in inputs.items()}
+        if self.config.space == "topk":
+            dense = [same_sparsity(g, t) for g, t in zip(dense, targets)]
         if self.config.distance != "cosine":
             distance = DISTANCES[self.config.distance](dense, targets, target_norm)
         else:
