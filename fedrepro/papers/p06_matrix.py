@@ -15,6 +15,13 @@ shared gradient (``ig``, ``dlg``, ``idlg``, ``cpl``, paper 05's ``ats_*``) or on
 * ``eot_ignore`` — **adaptive**: the same expectation over the Ignore attack's gradients.
 
 On a model without a bottleneck these three are the base attack itself, so those cells are not run (n/a).
+Why the mean *gradient*: averaging the S gradient distances instead (``draw_mode="loss"``, the literal expected
+loss) gained nothing when measured (untrained CNN, 4 CIFAR-10 victims, 200 IG iterations, 4 draws: mean SSIM
+0.023 vs 0.031 with one draw on PRECODE P = 3, 0.052 vs 0.055 on the CVB), the mean gradient a little (0.049,
+0.056; with 16 draws 0.055, 0.074); over the Ignore attack's gradients clearly more (CVB, 8 victims: 0.144 vs
+0.114, every victim better; the unit test). The victim's own draw stays unknown: matching it jointly with the
+image (a MAP attack over the noise) is not implemented.
+
 Two more adaptive columns, also built on ``adaptive_base``, each only where its defense is (n/a elsewhere):
 
 * ``ats_aware`` — **adaptive** against a transformation policy (ATS rows): the attacker knows the policy,
@@ -40,12 +47,6 @@ cosine distance already uses what the dropped entries say — that they were sma
 gradient to be small there, which compressing the dummy's gradient throws away. The matrix keeps the column
 to show it. int8 has no such column: it changes every entry by at most half a step, and plain attacks
 already break it.
-Why the mean *gradient*: averaging the S gradient distances instead (``draw_mode="loss"``, the literal expected
-loss) gained nothing when measured (untrained CNN, 4 CIFAR-10 victims, 200 IG iterations, 4 draws: mean SSIM
-0.023 vs 0.031 with one draw on PRECODE P = 3, 0.052 vs 0.055 on the CVB), the mean gradient a little (0.049,
-0.056; with 16 draws 0.055, 0.074); over the Ignore attack's gradients clearly more (CVB, 8 victims: 0.144 vs
-0.114, every victim better; the unit test). The victim's own draw stays unknown: matching it jointly with the
-image (a MAP attack over the noise) is not implemented.
 
 A **state** is the global model attacked: ``untrained`` (the round-0 weights FedAvg starts from),
 ``partly trained`` (after ``partial_rounds`` rounds) and ``trained`` (after ``rounds``), all of one FedAvg run
@@ -70,7 +71,8 @@ Decisions (made once here):
   asks (paper 05 scores against the transformed image: recorded as ``psnr_transformed`` for ATS rows);
   ASR = share of victims with SSIM ≥ 0.5. Mean and standard deviation over the victims per cell.
 * **Equal budget**: every attack gets ``max_iterations`` gradient evaluations and ``restarts`` restarts (an
-  EOT evaluation counts once although it runs ``eot_draws`` forward passes: it costs that many times more).
+  EOT evaluation counts once although it runs ``eot_draws`` forward passes: it costs that many times more;
+  ``ats_aware`` gets them per possible draw of the policy, ``ig_multistep`` unrolls the local steps in each).
 * **Batching**: victims of a cell are attacked together by the batched engine; at the untrained state the
   rows that share the base network (every row without a bottleneck) are attacked in one stacked view per
   attack. Each victim's start is keyed by the victim, not by its position in the stack
