@@ -58,6 +58,7 @@ class BatchedClients:
             raise ValueError(f"batched_clients implements adam and sgd, not {config.optimizer!r}")
         self.model, self.clients, self.config = model, clients, config
         self.names = [k for k, p in model.named_parameters() if p.requires_grad]
+        self._cache: tuple[list[int], torch.Tensor, torch.Tensor] | None = None
 
         def loss(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor,
                  y: torch.Tensor) -> torch.Tensor:
@@ -75,6 +76,14 @@ class BatchedClients:
             results.update(self._train_group(round_, group, global_state))
         return [results[k] for k in chosen]
 
+    def _stacked(self, group: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The group's training images and labels stacked along a client axis; kept while the group repeats
+        (every round when all clients train), so they are copied once, not per round."""
+        if self._cache is None or self._cache[0] != group:
+            data = [self.clients[k] for k in group]
+            self._cache = (list(group), torch.stack([c.x_train for c in data]), torch.stack([c.y_train for c in data]))
+        return self._cache[1], self._cache[2]
+
     def close(self) -> None:
         """Nothing to release (the pool interface of :func:`fedrepro.fl.run_fedavg`)."""
 
@@ -85,16 +94,19 @@ class BatchedClients:
                   for k in self.names}
         buffers = {k: v for k, v in global_state.items() if k not in params}
         optimizer = _Optimizer(config, config.round_lr(round_))
-        data = [self.clients[k] for k in group]
-        size = data[0].num_train
-        total = torch.zeros(count, dtype=torch.float64, device=next(iter(params.values())).device)
+        x_all, y_all = self._stacked(group)  # (C, n, ...): one gather per step serves every client
+        size, device = x_all.shape[1], x_all.device
+        rows = torch.arange(count, device=device)[:, None]
+        total = torch.zeros(count, dtype=torch.float64, device=device)
         seen = 0
         torch.manual_seed(derive_seed(config.seed, "client-rng-batched", round_, *group))
         for epoch in range(config.local_epochs):
-            orders = [batch_order(size, config.batch_size, config.seed, round_, c.client, epoch) for c in data]
-            for step in range(len(orders[0])):
-                x = torch.stack([c.x_train[order[step]] for c, order in zip(data, orders)])
-                y = torch.stack([c.y_train[order[step]] for c, order in zip(data, orders)])
+            # each client's batch order, concatenated: step s takes columns [s·b, (s+1)·b), as batch_order splits
+            order = torch.stack([torch.cat(batch_order(size, config.batch_size, config.seed, round_, k, epoch))
+                                 for k in group]).to(device)
+            for start in range(0, size, config.batch_size):
+                index = order[:, start:start + config.batch_size]
+                x, y = x_all[rows, index], y_all[rows, index]
                 gradients, losses = self._gradients(params, buffers, x, y)
                 with torch.no_grad():
                     optimizer.step(params, gradients)

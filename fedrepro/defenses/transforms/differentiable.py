@@ -83,11 +83,6 @@ class Hypothesis:
     sequence: tuple[int, ...]
     signs: tuple[float, ...]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        for index, sign in zip(self.sequence, self.signs):
-            x = soft_operation(LIBRARY[index], x, torch.full((x.shape[0],), sign, dtype=torch.float64))
-        return x
-
 
 def hypotheses(policy: str | Policy) -> list[Hypothesis]:
     """Every draw the client can make under ``policy`` (probabilities off, as notebook 06's clients apply
@@ -110,6 +105,13 @@ class PolicyAwareTransform:
         self.hypotheses = hypotheses(policy)
         self.mean = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+        # hypotheses of one sub-policy share its operations and differ in signs only, which every operation
+        # takes per image: each sub-policy is applied once to all its problems, with their signs
+        self.sequences = list(dict.fromkeys(h.sequence for h in self.hypotheses))
+        self.sequence_of = torch.tensor([self.sequences.index(h.sequence) for h in self.hypotheses])
+        width = max(len(q) for q in self.sequences)
+        self.signs = torch.tensor([h.signs + (1.0,) * (width - len(h.signs)) for h in self.hypotheses],
+                                  dtype=torch.float64)  # (hypotheses, operations)
 
     @property
     def count(self) -> int:
@@ -119,13 +121,17 @@ class PolicyAwareTransform:
         """``x`` (P, n, C, H, W) in model space, ``restarts`` (P,): the transformed images, same space."""
         p, n = x.shape[:2]
         mean, std = self.mean.to(x), self.std.to(x)
-        pixels = (x.reshape(p * n, *x.shape[2:]) * std + mean)
-        which = (restarts.to(x.device) % self.count).repeat_interleave(n)
+        pixels = x.reshape(p * n, *x.shape[2:]) * std + mean
+        which = (restarts.cpu() % self.count).repeat_interleave(n)
         out = torch.empty_like(pixels)
-        for h, hypothesis in enumerate(self.hypotheses):
-            rows = (which == h).nonzero().squeeze(1)
-            if rows.numel():
-                out = out.index_copy(0, rows, hypothesis(pixels[rows]))
+        for k, sequence in enumerate(self.sequences):
+            rows = (self.sequence_of[which] == k).nonzero().squeeze(1)
+            if not rows.numel():
+                continue
+            images, signs = pixels[rows.to(x.device)], self.signs[which[rows]]
+            for j, index in enumerate(sequence):
+                images = soft_operation(LIBRARY[index], images, signs[:, j])
+            out = out.index_copy(0, rows.to(x.device), images)
         return ((out - mean) / std).view_as(x)
 
 
