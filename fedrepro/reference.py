@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +84,6 @@ def seed_groups(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
-def _spread(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof = 1) over seeds."""
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 def compare(path: str | Path, reference_dir: str | Path = REFERENCE_DIR) -> str:
     """Markdown: for each run under ``path``, every metric beside our reference run's and the paper's.
 
@@ -141,7 +136,7 @@ def compare(path: str | Path, reference_dir: str | Path = REFERENCE_DIR) -> str:
                 lines.append(f"| {key} | {_number(values[0]) if values else '—'} (1 seed) | {_number(theirs)} | "
                              f"{paper_cell} | — | — |")
                 continue
-            mean, sd = _spread(values)
+            mean, sd = statistics.mean(values), statistics.stdev(values)  # sample sd over seeds (ddof = 1)
             delta = mean - theirs if theirs is not None else None
             units = "—" if delta is None or sd == 0 else f"{delta / sd:+.2f}"
             lines.append(f"| {key} | {_number(mean)} ± {_number(sd)} (n = {len(values)}) | {_number(theirs)} | "
